@@ -1,0 +1,3 @@
+from archlift.cli import main
+
+raise SystemExit(main())

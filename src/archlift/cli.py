@@ -1,0 +1,72 @@
+"""The command line. Each subcommand lives in ``archlift.commands.<name>``
+with ``register(subparsers)``; this module is the only catcher of errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ArchliftError
+
+# Command modules, in the order --help lists them.
+COMMANDS = (
+    "validate",
+    "plan",
+    "build",
+    "merge",
+    "patches",
+    "render",
+    "publish",
+    "diff",
+    "mirror",
+    "airgap",
+    "verify",
+    "audit",
+    "sign",
+    "release",
+    "demo",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archlift",
+        description="Build, pin, publish and mirror multi-arch container images from patched upstreams.",
+    )
+    parser.add_argument("--version", action="version", version=f"archlift {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every external command run")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"archlift.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"archlift.commands.{name}":
+                continue  # not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose or os.environ.get("ARCHLIFT_DEBUG") else logging.WARNING,
+        format="%(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ArchliftError as e:
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("archlift: interrupted; nothing was tagged that was not complete", file=sys.stderr)
+        return 130
