@@ -1,0 +1,3 @@
+#!/opt/hello/bin/busybox sh
+# hello @VERSION@: says which machine its runtime was built for.
+echo "hello @VERSION@ on $(/opt/hello/bin/busybox uname -m)"
