@@ -201,7 +201,8 @@ CASES = [
     ),
     (
         "same-image-twice",
-        "components:\n  a:\n    mirror: ghcr.io/x/y:1\n    image: shared\n  b:\n    mirror: ghcr.io/x/z:1\n    image: shared\n",
+        "components:\n  a:\n    mirror: ghcr.io/x/y:1\n    image: shared\n"
+        "  b:\n    mirror: ghcr.io/x/z:1\n    image: shared\n",
         "6:5",
         ["publish the same image"],
     ),
