@@ -289,13 +289,13 @@ class LocalRegistry:
                 entries.append(AccessLogEntry(m["method"], m["path"], int(m["status"]), m["user"]))
         return entries
 
-    def count(self, method: str, path_pattern: str = "", status: int | None = None) -> int:
-        """How many logged requests have this method, a path matching the regex, and (if given) this status."""
+    def count(self, method: str = "", path_pattern: str = "", status: int | None = None) -> int:
+        """How many logged requests have this method ("" = any), a path matching the regex, and this status."""
         rx = re.compile(path_pattern)
         return sum(
             1
             for e in self.access_log()
-            if e.method == method and rx.search(e.path) and (status is None or e.status == status)
+            if method in ("", e.method) and rx.search(e.path) and status in (None, e.status)
         )
 
     def blob_uploads(self) -> int:
@@ -556,17 +556,23 @@ def make_git_repo(
     for tag in tags:
         git("tag", "--annotate", "-m", tag, tag, commit)
     for n, change in enumerate(extra_commits, start=1):
-        for rel, content in change.items():
-            target = dest_dir / rel
-            if content is None:
-                target.unlink()
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content)
+        write_files(dest_dir, change)
         git("add", "--all", n=n)
         git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", f"Change {n}", n=n)
     head = git("rev-parse", "HEAD").strip()
     return GitRepo(dest_dir, commit, head, tuple(tags), branch)
+
+
+def write_files(root: Path, files: Mapping[str, str | bytes | None]) -> Path:
+    """Write each relative path's content under ``root`` (text or bytes; None deletes the file); returns root."""
+    for rel, content in files.items():
+        target = root / rel
+        if content is None:
+            target.unlink()
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+    return root
