@@ -1,0 +1,109 @@
+"""archlift render: the install manifests of a release, every image pinned by digest."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..lock import ReleaseLock
+from ..model import Config, load_config
+from ..render import KUBERNETES_VERSION, UpstreamFile, render
+from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, print_json
+
+DEFAULT_OUT = Path("dist/manifests")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "render",
+        help="render the install manifests with every image pinned by digest",
+        description="Render the templates under manifests.templates and the upstream manifests of images.yaml "
+        "against the release lock, pin every image by digest, validate every document offline against the "
+        "Kubernetes schemas, and write one file per document to dist/manifests/. Refuses (exit 2) when an image "
+        "is not pinned to a component of the release.",
+    )
+    add_config_arg(p)
+    add_json_arg(p)
+    p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default: {DEFAULT_LOCK})")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory, replaced (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--kubernetes-version",
+        default=KUBERNETES_VERSION,
+        help=f"validate against this Kubernetes version's schemas (default: {KUBERNETES_VERSION})",
+    )
+    p.set_defaults(func=run)
+
+
+def upstream_files(config: Config) -> list[UpstreamFile]:
+    """The upstream manifests of images.yaml, located: in a source's pinned and patched tree, or a path."""
+    files = []
+    for item in config.manifests.upstream:
+        if item.source is None:
+            base = config.root
+            label = item.path
+        else:
+            try:  # written by the sources step; looked up at run time
+                source_tree = importlib.import_module("archlift.sources").source_tree
+            except (ImportError, AttributeError):
+                raise ConfigError(
+                    f"upstream manifest {item.path} of source '{item.source}': this archlift cannot fetch sources yet"
+                ) from None
+            base = Path(source_tree(config, item.source))
+            label = f"{item.source}:{item.path}"
+        path = base / item.path
+        if not path.is_file():
+            raise ConfigError(f"{config.path}: upstream manifest {label} not found ({path})")
+        files.append(UpstreamFile(path, label))
+    return files
+
+
+def replacements(config: Config) -> dict[str, str]:
+    """Names upstream manifests use for our images -> component: 'replaces:', mirrored images, our own."""
+    out: dict[str, str] = {}
+    for comp in config.components.values():
+        for name in comp.replaces:
+            out.setdefault(name, comp.name)
+        if comp.mirror:
+            out.setdefault(comp.mirror.name, comp.name)
+        out.setdefault(comp.image.name, comp.name)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    lock = ReleaseLock.read(args.lock)
+    if config.manifests.templates is None and not config.manifests.upstream:
+        raise ConfigError(
+            f"{config.path}: no 'manifests:' to render", hint="add manifests.templates and/or manifests.upstream"
+        )
+    rendered = render(
+        lock,
+        templates=config.manifests.templates,
+        values=config.manifests.values,
+        upstream=upstream_files(config),
+        replacements=replacements(config),
+        kubernetes_version=args.kubernetes_version,
+    )
+    paths = rendered.write(args.out)
+    if args.json:
+        print_json(
+            {
+                "out": str(args.out),
+                "files": [p.name for p in paths],
+                "documents": [
+                    {"file": d.file_name, "kind": d.kind, "namespace": d.namespace, "name": d.name, "source": d.source}
+                    for d in rendered.documents
+                ],
+                "images": rendered.images(),
+            }
+        )
+        return 0
+    for doc in rendered.documents:
+        print(f"  {doc.file_name:<60} from {doc.source}")
+    images = rendered.images()
+    print(f"rendered {len(paths)} document(s) to {args.out}; {len(images)} image(s), all pinned by digest:")
+    for image in images:
+        print(f"  {image}")
+    return 0
