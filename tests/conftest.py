@@ -76,22 +76,23 @@ def auth_registry() -> Iterator[LocalRegistry]:
     reg.stop()
 
 
+def _seeded(seed: Callable[[str], ImageRef], registry: LocalRegistry, what: str) -> ImageRef:
+    try:
+        return seed(registry.host)
+    except ArchliftError as e:
+        raise _failure(f"cannot seed {what}", e) from None
+
+
 @pytest.fixture(scope="session")
 def seeded_base(docker_ready: None, registry: LocalRegistry) -> ImageRef:
     """busybox for linux/amd64 + linux/arm64 in ``registry``: ``127.0.0.1:PORT/base/busybox:1.35@sha256:...``."""
-    try:
-        return seed_busybox(registry.host)
-    except ArchliftError as e:
-        raise _failure("cannot seed the busybox base image", e) from None
+    return _seeded(seed_busybox, registry, "the busybox base image")
 
 
 @pytest.fixture(scope="session")
 def toolchain(docker_ready: None, registry: LocalRegistry) -> ImageRef:
     """The build-platform "cross toolchain" in ``registry`` (/toolchain/{amd64,arm64}/busybox)."""
-    try:
-        return seed_toolchain(registry.host)
-    except ArchliftError as e:
-        raise _failure("cannot seed the toolchain image", e) from None
+    return _seeded(seed_toolchain, registry, "the toolchain image")
 
 
 @pytest.fixture()

@@ -76,9 +76,11 @@ def test_registry_stops_without_leftovers() -> None:
 
 
 def test_registry_that_cannot_start_reports_its_log() -> None:
-    with pytest.raises(RegistryError, match="did not answer /v2/") as err, LocalRegistry(log_level="nonsense"):
+    reg = LocalRegistry(log_level="nonsense")
+    with pytest.raises(RegistryError, match="exited with status") as err, reg:
         pass
     assert "nonsense" in err.value.message  # the server's own complaint, from the tail of its log
+    assert not reg.running and not reg.workdir.exists()
 
 
 # --- the seeded images ----------------------------------------------------------

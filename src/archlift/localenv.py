@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import ctypes
 import json
 import os
@@ -26,7 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,10 +63,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_prctl: Callable[..., int] | None
+try:  # resolved here, not in the forked child (dlopen there could deadlock with other threads)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,8 @@ class LocalRegistry:
         self.log_level = log_level
         self.startup_timeout = startup_timeout
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="archlift-registry-"))
+        # Owned work directories are made by start() and removed by stop().
+        self.workdir = Path(workdir or Path(tempfile.gettempdir()) / f"archlift-registry-{secrets.token_hex(6)}")
         self.storage_dir = self.workdir / "storage"
         self.log_path = self.workdir / "registry.log"
         self.access_log_path = self.workdir / "access.log"
@@ -144,7 +151,15 @@ class LocalRegistry:
         if self._proc is not None:
             return self
         binary = which("docker-registry")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=not self._own_workdir)
+        try:
+            self._start(binary)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, binary: str) -> None:
         self.storage_dir.mkdir(exist_ok=True)
         extra: dict[str, object] = {}
         if self.tls:
@@ -186,15 +201,19 @@ class LocalRegistry:
             )
             _LIVE.add(self)
             if self._wait_until_up():
-                return self
+                return
+            exited = self._proc.poll()
             self.stop(remove=False)
             if "address already in use" not in self.log_path.read_text(errors="replace"):
                 break
-        log_tail = tail(self.log_path.read_text(errors="replace")) if self.log_path.exists() else ""
-        self._remove_workdir()
+        what = (
+            f"exited with status {exited}"
+            if exited is not None
+            else f"did not answer within {self.startup_timeout:g} s"
+        )
         raise RegistryError(
-            f"the local registry (docker-registry serve) did not answer /v2/ on {self.url} "
-            f"within {self.startup_timeout:g} s\n{log_tail}",
+            f"the local registry (docker-registry serve) on {self.url} {what}\n"
+            + tail(self.log_path.read_text(errors="replace")),
             hint=SETUP_HINT,
         )
 
