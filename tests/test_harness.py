@@ -229,3 +229,25 @@ def test_saved_fixtures_are_consistent() -> None:
         arch = entry["platform"]["architecture"]
         manifest = (fixtures / f"imagetools-raw.busybox-{arch}-manifest.json").read_bytes()
         assert (str(Digest.of(manifest)), len(manifest)) == (entry["digest"], entry["size"])
+
+
+# --- the seeds in use -----------------------------------------------------------------
+@pytest.mark.slow
+def test_cross_build_from_the_seeds_runs_each_platform(
+    seeded_base: ImageRef, toolchain: ImageRef, tmp_path: Path
+) -> None:
+    """The demo's pattern: "compile" on the build platform with the toolchain, run on the target (QEMU for arm64)."""
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM --platform=$BUILDPLATFORM {toolchain} AS build\n"
+        "ARG TARGETARCH\n"
+        "RUN mkdir /out && cp /toolchain/$TARGETARCH/busybox /out/busybox-cross\n"
+        f"FROM {seeded_base}\n"
+        "COPY --from=build /out/busybox-cross /usr/bin/busybox-cross\n"
+        'RUN ["/usr/bin/busybox-cross", "sh", "-c", "uname -m > /arch.txt"]\n'
+    )
+    out = tmp_path / "out"
+    platforms = "linux/amd64,linux/arm64"
+    run(["docker", "buildx", "build", "--platform", platforms, "--output", f"type=local,dest={out}", str(tmp_path)])
+    assert (out / "linux_amd64" / "arch.txt").read_text().strip() == "x86_64"
+    assert (out / "linux_arm64" / "arch.txt").read_text().strip() == "aarch64"
+    assert _elf_machine((out / "linux_arm64" / "usr/bin/busybox-cross").read_bytes()) == EM_AARCH64
