@@ -1,0 +1,763 @@
+"""The OCI distribution client over urllib3: one ``RegistryClient`` serves every
+registry host and may be shared by worker threads.
+
+Transport rules:
+- HTTPS first. Plain HTTP only for loopback hosts (127.0.0.0/8, ``localhost``,
+  ``[::1]``) or with ``insecure=True``, and only when the host does not speak
+  TLS; the scheme is remembered per host. A loopback host whose certificate does
+  not verify is an error (give ``ca_file``), not a silent downgrade; with
+  ``insecure=True`` certificates are not verified (docker's insecure registries).
+- CA: ``ca_file`` for every host, or ``/etc/docker/certs.d/<host>/ca.crt`` (and
+  ``client.cert``/``client.key``) when that exists.
+- Retries with backoff only on temporary failures: 429 (honouring
+  ``Retry-After``), 5xx, connection reset, timeout; bounded by ``retries``.
+- Auth on 401: Basic, or the distribution token flow (Bearer), tokens cached per
+  scope; see ``archlift.registry.auth`` for where credentials come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from ..errors import RegistryError
+from ..refs import Digest, ImageRef, Platform
+from . import auth
+from .model import ACCEPT_MANIFESTS, INDEX_TYPES, OCI_INDEX, Descriptor, Manifest
+
+if TYPE_CHECKING:
+    import urllib3
+
+log = logging.getLogger("archlift.registry")
+
+CERTS_D = Path("/etc/docker/certs.d")
+CHUNK = 1 << 20
+MAX_MANIFEST = 4 << 20
+_TEMPORARY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 507, 520, 522, 524})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_COSIGN_TAG = re.compile(r"^sha256-([a-f0-9]{64})(?:\.(sig|att|sbom))?$")
+
+
+class RequestFailed(RegistryError):
+    """A registry request that failed; ``temporary`` says a retry may succeed."""
+
+    def __init__(self, message: str, *, status: int = 0, temporary: bool = False, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.temporary = temporary
+
+
+class DigestMismatch(RegistryError):
+    """Content whose sha256 is not the digest it was asked for."""
+
+    def __init__(self, message: str, *, expected: Digest, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (with an optional port) names this machine."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _scope(repo: ImageRef, actions: str = "pull") -> str:
+    return f"repository:{repo.repository}:{actions}"
+
+
+def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
+    """The registry's own error codes and messages, shortened."""
+    import json
+
+    body = resp.data[:4096] if resp.data else b""
+    try:
+        errors = json.loads(body).get("errors") or []
+        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+    except (ValueError, AttributeError):
+        text = body.decode("utf-8", "replace").strip()
+    return f"HTTP {resp.status}" + (f" ({text[:300]})" if text else "")
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        *,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        docker_config: str | None = None,
+        max_connections: int = 8,
+        retries: int = 8,
+        backoff: float = 0.2,
+        timeout: float = 60.0,
+    ) -> None:
+        import urllib3
+
+        self.insecure = insecure
+        self.ca_file = ca_file
+        self.docker_config = docker_config
+        self.retries = retries
+        self.backoff = backoff
+        self._pm = urllib3.PoolManager(
+            num_pools=64,
+            maxsize=max_connections,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=min(15.0, timeout), read=timeout),
+        )
+        self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._scheme: dict[str, str] = {}
+        self._creds: dict[str, auth.Credentials] = {}
+        self._basic: dict[str, str] = {}  # host -> Authorization header
+        self._bearer: dict[str, auth.Challenge] = {}  # host -> its token challenge
+        self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> token
+        self._no_referrers_api: set[str] = set()
+        self.requests = 0  # for tests and reports: HTTP requests sent
+
+    def close(self) -> None:
+        self._pm.clear()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+    def _tls_kwargs(self, host: str) -> dict[str, Any]:
+        if self.insecure:
+            return {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+        kwargs: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+        certs = CERTS_D / host
+        if (certs / "ca.crt").is_file():
+            kwargs["ca_certs"] = str(certs / "ca.crt")
+        elif self.ca_file:
+            kwargs["ca_certs"] = self.ca_file
+        if (certs / "client.cert").is_file() and (certs / "client.key").is_file():
+            kwargs["cert_file"], kwargs["key_file"] = str(certs / "client.cert"), str(certs / "client.key")
+        return kwargs
+
+    def scheme(self, host: str) -> str:
+        with self._lock:
+            return self._scheme.get(host, "https")
+
+    def _may_use_http(self, host: str) -> bool:
+        return self.insecure or is_loopback(host)
+
+    def _credentials(self, host: str) -> auth.Credentials:
+        with self._lock:
+            if host in self._creds:
+                return self._creds[host]
+        creds = auth.lookup(host, self.docker_config)
+        with self._lock:
+            self._creds[host] = creds
+        return creds
+
+    def _auth_header(self, host: str, scope: str, context: str) -> str | None:
+        with self._lock:
+            basic = self._basic.get(host)
+            challenge = self._bearer.get(host)
+            token = self._tokens.get((host, scope))
+        if basic:
+            return basic
+        if token:
+            return f"Bearer {token}"
+        if challenge:  # a bearer host: fetch the token for this scope before asking
+            return f"Bearer {self._fetch_token(host, scope, challenge, context)}"
+        return None
+
+    def _authenticate(self, host: str, scope: str, header: str, context: str, tried: bool) -> None:
+        challenge = auth.parse_challenge(header) if header else auth.Challenge("", {})
+        creds = self._credentials(host)
+        hint = f"log in with 'docker login {host}', or set {auth.env_name(host)}=user:password"
+        if challenge.scheme == "basic":
+            if tried or not creds:
+                what = f"refused the credentials from {creds.source}" if creds else "asks for credentials"
+                raise RequestFailed(f"{context}: {host} {what} (HTTP 401)", status=401, hint=hint)
+            with self._lock:
+                self._basic[host] = creds.basic_header()
+            return
+        if challenge.scheme == "bearer" and "realm" in challenge.params:
+            with self._lock:
+                self._bearer[host] = challenge
+                stale = self._tokens.pop((host, scope), None)
+            if tried and stale is None:
+                what = f"refused the credentials from {creds.source}" if creds else "asks for credentials"
+                raise RequestFailed(f"{context}: {host} {what} (HTTP 401)", status=401, hint=hint)
+            self._fetch_token(host, scope, challenge, context)
+            return
+        raise RequestFailed(f"{context}: {host} answered 401 with no usable challenge", status=401, hint=hint)
+
+    def _fetch_token(self, host: str, scope: str, challenge: auth.Challenge, context: str) -> str:
+        import json
+
+        with self._auth_lock:
+            with self._lock:
+                cached = self._tokens.get((host, scope))
+            if cached:
+                return cached
+            creds = self._credentials(host)
+            realm = challenge.params["realm"]
+            service = challenge.params.get("service", "")
+            scopes = scope.split(" ")
+            headers = {}
+            if creds.identity_token:
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": service,
+                    "scope": " ".join(scopes),
+                    "client_id": "archlift",
+                }
+                method, url, body = "POST", realm, urlencode(form).encode()
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            else:
+                query = [("service", service)] if service else []
+                query += [("scope", s) for s in scopes]
+                if creds:
+                    query.append(("account", creds.username))
+                    headers["Authorization"] = creds.basic_header()
+                method, url, body = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), None
+            realm_host = urlsplit(realm).netloc
+            resp = self._send_with_retries(method, url, headers, body, f"{context}: token from {realm_host}", False)
+            if resp.status in (401, 403):
+                raise RequestFailed(
+                    f"{context}: the token service {realm_host} refused "
+                    + (f"the credentials from {creds.source}" if creds else "anonymous access"),
+                    status=resp.status,
+                    hint=f"log in with 'docker login {host}', or set {auth.env_name(host)}=user:password",
+                )
+            if resp.status != 200:
+                raise RequestFailed(f"{context}: token service {realm_host}: {_error_text(resp)}", status=resp.status)
+            try:
+                data = json.loads(resp.data)
+                token = str(data.get("token") or data.get("access_token") or "")
+            except (ValueError, AttributeError):
+                token = ""
+            if not token:
+                raise RequestFailed(f"{context}: token service {realm_host} sent no token")
+            with self._lock:
+                self._tokens[(host, scope)] = token
+            return token
+
+    def _raw_send(
+        self, method: str, url: str, headers: dict[str, str], body: Any, stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        parts = urlsplit(url)
+        host = parts.netloc
+        pool_kwargs = self._tls_kwargs(host) if parts.scheme == "https" else None
+        pool = self._pm.connection_from_url(url, pool_kwargs=pool_kwargs)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        with self._lock:
+            self.requests += 1
+        log.debug("%s %s", method, url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # InsecureRequestWarning when insecure=True
+            return pool.urlopen(
+                method,
+                target,
+                headers=headers,
+                body=body,
+                redirect=False,
+                retries=False,
+                preload_content=not stream,
+                decode_content=False,
+                assert_same_host=False,
+            )
+
+    def _send_with_retries(
+        self, method: str, url: str, headers: dict[str, str], body: Any, context: str, stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        """Send once, retrying temporary failures (only with a replayable body)."""
+        from urllib3 import exceptions as ue
+
+        replayable = body is None or isinstance(body, bytes)
+        attempt = 0
+        while True:
+            wait: float | None = None
+            try:
+                resp = self._raw_send(method, url, headers, body, stream)
+            except ue.SSLError:
+                raise
+            except ue.NewConnectionError as e:
+                reason = str(e.__context__ or e).split(": ", 1)[-1] if e.__context__ else "connection failed"
+                raise RequestFailed(f"{context}: cannot connect to {urlsplit(url).netloc}: {reason}") from None
+            except (ue.ProtocolError, ue.TimeoutError, ue.HTTPError, ConnectionError, TimeoutError) as e:
+                if not replayable or attempt >= self.retries:
+                    raise RequestFailed(
+                        f"{context}: {e.__class__.__name__} talking to {urlsplit(url).netloc}"
+                        + (f" after {attempt + 1} attempts" if attempt else ""),
+                        temporary=True,
+                    ) from None
+            else:
+                if resp.status not in _TEMPORARY_STATUS or not replayable or attempt >= self.retries:
+                    return resp
+                wait = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
+                resp.drain_conn()
+                resp.release_conn()
+            delay = min(4.0, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
+            if wait is not None:
+                delay = min(max(delay, wait), 30.0)
+            attempt += 1
+            log.debug("%s: temporary failure, retry %d in %.2f s", context, attempt, delay)
+            time.sleep(delay)
+
+    def request(
+        self,
+        method: str,
+        host: str,
+        target: str,
+        *,
+        scope: str,
+        context: str,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        """One API request: scheme choice, auth, retries and redirects done here.
+
+        ``target`` is a path (``/v2/...``) on ``host`` or an absolute URL (an
+        upload location). Returns the response for any status that is not
+        temporary; callers decide what a 404 means.
+        """
+        from urllib3 import exceptions as ue
+
+        auth_tried = False
+        redirects = 0
+        while True:
+            url = target if target.startswith(("http://", "https://")) else f"{self.scheme(host)}://{host}{target}"
+            url_host = urlsplit(url).netloc
+            hdrs = dict(headers or {})
+            if url_host == host:
+                authz = self._auth_header(host, scope, context)
+                if authz:
+                    hdrs["Authorization"] = authz
+            try:
+                resp = self._send_with_retries(method, url, hdrs, body, context, stream)
+            except ue.SSLError as e:
+                text = str(e)
+                verify = "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+                if url.startswith("https://") and not verify and self._may_use_http(url_host):
+                    with self._lock:
+                        self._scheme[url_host] = "http"
+                    if target.startswith("https://"):
+                        target = "http://" + target[len("https://") :]
+                    log.debug("%s does not speak TLS; using plain HTTP (loopback or --insecure)", url_host)
+                    continue
+                if verify:
+                    raise RequestFailed(
+                        f"{context}: the TLS certificate of {url_host} does not verify",
+                        hint=f"pass --ca-file, or put the CA in {CERTS_D}/{url_host}/ca.crt",
+                    ) from None
+                hint = "" if self._may_use_http(url_host) else "plain HTTP needs --insecure for a non-loopback host"
+                raise RequestFailed(f"{context}: TLS with {url_host} failed", hint=hint) from None
+            if resp.status == 401 and url_host == host:
+                header = resp.headers.get("WWW-Authenticate", "")
+                resp.drain_conn()
+                resp.release_conn()
+                self._authenticate(host, scope, header, context, auth_tried)
+                auth_tried = True
+                if body is not None and not isinstance(body, bytes):  # a stream cannot be sent twice
+                    raise RequestFailed(f"{context}: authentication needed during a streamed upload", temporary=True)
+                continue
+            if resp.status in _REDIRECTS and method in ("GET", "HEAD") and redirects < 5:
+                location = resp.headers.get("Location", "")
+                resp.drain_conn()
+                resp.release_conn()
+                if not location:
+                    raise RequestFailed(f"{context}: HTTP {resp.status} without a Location")
+                target = urljoin(url, location)
+                redirects += 1
+                continue
+            return resp
+
+    def _fail(self, resp: urllib3.BaseHTTPResponse, context: str) -> RequestFailed:
+        if resp.status == 403:
+            return RequestFailed(
+                f"{context}: denied ({_error_text(resp)})",
+                status=403,
+                hint="the credentials lack permission for this repository",
+            )
+        return RequestFailed(
+            f"{context}: {_error_text(resp)}", status=resp.status, temporary=resp.status in _TEMPORARY_STATUS
+        )
+
+    def _manifest_call(self, method: str, ref: ImageRef, context: str) -> urllib3.BaseHTTPResponse:
+        return self.request(
+            method,
+            ref.registry,
+            f"/v2/{ref.repository}/manifests/{ref.reference}",
+            scope=_scope(ref),
+            context=context,
+            headers={"Accept": ACCEPT_MANIFESTS},
+        )
+
+    def _blob_call(
+        self, method: str, repo: ImageRef, digest: Digest, context: str, stream: bool = False
+    ) -> urllib3.BaseHTTPResponse:
+        return self.request(
+            method,
+            repo.registry,
+            f"/v2/{repo.repository}/blobs/{digest}",
+            scope=_scope(repo),
+            context=context,
+            stream=stream,
+        )
+
+    # ------------------------------------------------------------------ manifests
+    def head_manifest(self, ref: ImageRef) -> Descriptor | None:
+        """The manifest's descriptor, or None when the registry has no such manifest."""
+        context = f'checking "{ref}"'
+        resp = self._manifest_call("HEAD", ref, context)
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise self._fail(resp, context)
+        digest = resp.headers.get("Docker-Content-Digest")
+        media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        size = resp.headers.get("Content-Length")
+        if not digest or size is None or not media_type:
+            return self.get_manifest(ref).descriptor()
+        return Descriptor(media_type, Digest.parse(digest), int(size))
+
+    def get_manifest(self, ref: ImageRef) -> Manifest:
+        """The manifest's bytes; verified against ``ref.digest`` when the reference has one."""
+        context = f'fetching "{ref}"'
+        resp = self._manifest_call("GET", ref, context)
+        if resp.status != 200:
+            raise self._fail(resp, context)
+        raw = resp.data
+        if len(raw) > MAX_MANIFEST:
+            raise RequestFailed(f"{context}: a manifest of {len(raw)} bytes is larger than 4 MiB")
+        manifest = Manifest.of(raw, resp.headers.get("Content-Type", ""))
+        if ref.digest:
+            actual = _digest_of(raw, ref.digest.algorithm)
+            if actual != ref.digest.value:
+                raise DigestMismatch(
+                    f"{context}: the registry sent a manifest whose digest is {actual}",
+                    expected=ref.digest,
+                    actual=actual,
+                )
+        return manifest
+
+    def put_manifest(self, ref: ImageRef, raw: bytes, media_type: str) -> Digest:
+        """Push a manifest by tag or by digest; returns its digest."""
+        digest = Digest.of(raw)
+        context = f'pushing "{ref}"'
+        if ref.digest and ref.digest != digest:
+            raise DigestMismatch(
+                f"{context}: the manifest's digest is {digest}", expected=ref.digest, actual=str(digest)
+            )
+        resp = self.request(
+            "PUT",
+            ref.registry,
+            f"/v2/{ref.repository}/manifests/{ref.reference}",
+            scope=_scope(ref, "pull,push"),
+            context=context,
+            headers={"Content-Type": media_type},
+            body=raw,
+        )
+        if resp.status not in (200, 201, 202):
+            raise self._fail(resp, context)
+        sent = resp.headers.get("Docker-Content-Digest")
+        if sent and sent != str(digest):
+            raise RegistryError(f"{context}: the registry stored it as {sent}, not {digest}")
+        return digest
+
+    def delete_manifest(self, ref: ImageRef) -> None:
+        context = f'deleting "{ref}"'
+        resp = self.request(
+            "DELETE",
+            ref.registry,
+            f"/v2/{ref.repository}/manifests/{ref.reference}",
+            scope=_scope(ref, "delete"),
+            context=context,
+        )
+        if resp.status not in (200, 202, 404):
+            raise self._fail(resp, context)
+
+    def list_tags(self, repo: ImageRef) -> list[str]:
+        """Every tag of the repository ([] when the repository does not exist)."""
+        import json
+
+        context = f'listing tags of "{repo.name}"'
+        target: str | None = f"/v2/{repo.repository}/tags/list?n=1000"
+        tags: list[str] = []
+        while target:
+            resp = self.request("GET", repo.registry, target, scope=_scope(repo), context=context)
+            if resp.status == 404:
+                return []
+            if resp.status != 200:
+                raise self._fail(resp, context)
+            try:
+                tags += [str(t) for t in json.loads(resp.data).get("tags") or ()]
+            except (ValueError, AttributeError):
+                raise RequestFailed(f"{context}: the answer is not a tag list") from None
+            link = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", resp.headers.get("Link", ""))
+            target = link.group(1) if link else None
+        return tags
+
+    def index_platforms(self, ref: ImageRef) -> dict[str, Digest]:
+        """``"linux/arm64" -> manifest digest``, attestation manifests left out.
+
+        A single-platform image manifest gives its one platform (read from its config).
+        """
+        import json
+
+        manifest = self.get_manifest(ref)
+        if manifest.is_index:
+            out: dict[str, Digest] = {}
+            for d in manifest.descriptors():
+                if d.platform is None or d.is_attestation:
+                    continue
+                out.setdefault(str(d.platform), d.digest)
+            return out
+        config = manifest.config
+        if config is None:
+            return {}
+        doc = json.loads(self.get_blob(ref, config.digest))
+        plat = Platform.from_oci({k: str(doc.get(k, "")) for k in ("os", "architecture", "variant") if doc.get(k)})
+        return {str(plat): manifest.digest}
+
+    def referrers(self, repo: ImageRef, digest: Digest) -> list[Descriptor]:
+        """What refers to ``digest``: the OCI referrers API when offered, else the
+        ``sha256-<hex>`` tag schema; [] when there are none."""
+        context = f'listing referrers of "{repo.name}@{digest}"'
+        if repo.registry not in self._no_referrers_api:
+            resp = self.request(
+                "GET",
+                repo.registry,
+                f"/v2/{repo.repository}/referrers/{digest}",
+                scope=_scope(repo),
+                context=context,
+                headers={"Accept": OCI_INDEX},
+            )
+            ctype = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
+            if resp.status == 200 and ctype in INDEX_TYPES:
+                return Manifest.of(resp.data, ctype).descriptors()
+            if resp.status not in (400, 404, 405):
+                raise self._fail(resp, context)
+            with self._lock:
+                self._no_referrers_api.add(repo.registry)
+        fallback = repo.with_tag(f"{digest.algorithm}-{digest.hex}")
+        if self.head_manifest(fallback) is None:
+            return []
+        manifest = self.get_manifest(fallback)
+        return manifest.descriptors() if manifest.is_index else []
+
+    # ------------------------------------------------------------------ blobs
+    def blob_exists(self, repo: ImageRef, digest: Digest) -> bool:
+        context = f'checking blob {digest.short()} in "{repo.name}"'
+        resp = self._blob_call("HEAD", repo, digest, context)
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise self._fail(resp, context)
+
+    def get_blob(self, repo: ImageRef, digest: Digest) -> bytes:
+        """A small blob, held in memory and verified."""
+        context = f'fetching blob {digest.short()} from "{repo.name}"'
+        resp = self._blob_call("GET", repo, digest, context)
+        if resp.status != 200:
+            raise self._fail(resp, context)
+        data = resp.data
+        actual = _digest_of(data, digest.algorithm)
+        if actual != digest.value:
+            raise DigestMismatch(
+                f"{context}: the registry sent content whose digest is {actual}", expected=digest, actual=actual
+            )
+        return data
+
+    def open_blob(self, repo: ImageRef, digest: Digest) -> urllib3.BaseHTTPResponse:
+        """A streaming response for the blob (``copy_blob`` reads and verifies it)."""
+        context = f'fetching blob {digest.short()} from "{repo.name}"'
+        resp = self._blob_call("GET", repo, digest, context, stream=True)
+        if resp.status != 200:
+            resp.read()
+            raise self._fail(resp, context)
+        return resp
+
+    def start_upload(
+        self, repo: ImageRef, *, mount: Digest | None = None, mount_from: ImageRef | None = None
+    ) -> str | None:
+        """Open an upload session and return its location; with ``mount``, try a
+        cross-repository mount first and return None when the blob was mounted."""
+        context = f'starting an upload to "{repo.name}"'
+        target = f"/v2/{repo.repository}/blobs/uploads/"
+        scope = _scope(repo, "pull,push")
+        if mount is not None and mount_from is not None:
+            target += "?" + urlencode({"mount": str(mount), "from": mount_from.repository})
+            scope += " " + _scope(mount_from)
+        resp = self.request(
+            "POST", repo.registry, target, scope=scope, context=context, headers={"Content-Length": "0"}, body=b""
+        )
+        if mount is not None and resp.status == 201:
+            return None
+        if resp.status != 202:
+            raise self._fail(resp, context)
+        location = resp.headers.get("Location")
+        if not location:
+            raise RequestFailed(f"{context}: the registry gave no upload location")
+        return urljoin(f"{self.scheme(repo.registry)}://{repo.registry}/", location)
+
+    def _finish_upload(self, repo: ImageRef, location: str, digest: Digest, body: Any, size: int, context: str) -> None:
+        sep = "&" if "?" in location else "?"
+        resp = self.request(
+            "PUT",
+            repo.registry,
+            f"{location}{sep}{urlencode({'digest': str(digest)})}",
+            scope=_scope(repo, "pull,push"),
+            context=context,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            body=body,
+        )
+        if resp.status not in (201, 204):
+            raise self._fail(resp, context)
+
+    def put_blob(self, repo: ImageRef, data: bytes) -> Digest:
+        """Upload a small blob in one PUT (monolithic); returns its digest."""
+        digest = Digest.of(data)
+        context = f'pushing blob {digest.short()} to "{repo.name}"'
+        for attempt in range(3):
+            location = self.start_upload(repo)
+            assert location is not None
+            try:
+                self._finish_upload(repo, location, digest, data, len(data), context)
+                return digest
+            except RequestFailed as e:
+                if not e.temporary or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def copy_blob(
+        self,
+        src: ImageRef,
+        dst: ImageRef,
+        desc: Descriptor,
+        *,
+        location: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        attempts: int = 4,
+    ) -> int:
+        """Stream a blob from ``src`` to ``dst`` (GET -> PUT, never whole in memory),
+        verifying its sha256 before the upload is committed. Returns bytes sent.
+
+        A temporary failure anywhere restarts the copy with a new upload session.
+        """
+        context = f'copying blob {desc.digest.short()} to "{dst.name}"'
+        for attempt in range(attempts):
+            sent = [0]
+            try:
+                loc = location if (location and attempt == 0) else self.start_upload(dst)
+                assert loc is not None
+                resp = self.open_blob(src, desc.digest)
+                try:
+                    body = _verified(resp, desc, src, sent, progress)
+                    self._finish_upload(dst, loc, desc.digest, body, desc.size, context)
+                finally:
+                    resp.release_conn()
+                return sent[0]
+            except RequestFailed as e:
+                if not e.temporary or attempt == attempts - 1:
+                    raise
+                if progress and sent[0]:
+                    progress(-sent[0])
+                log.debug("%s: %s; starting again", context, e)
+        raise AssertionError("unreachable")
+
+
+def _verified(
+    resp: urllib3.BaseHTTPResponse,
+    desc: Descriptor,
+    src: ImageRef,
+    sent: list[int],
+    progress: Callable[[int], None] | None,
+) -> Iterator[bytes]:
+    """Chunks of ``resp``; the last one is held back until the digest and size check,
+    so a wrong blob is never committed by the target."""
+    from urllib3 import exceptions as ue
+
+    h = hashlib.new(desc.digest.algorithm)
+    held: bytes | None = None
+    total = 0
+    try:
+        for chunk in resp.stream(CHUNK, decode_content=False):
+            if not chunk:
+                continue
+            h.update(chunk)
+            total += len(chunk)
+            if total > desc.size:
+                break
+            if held is not None:
+                yield held
+                sent[0] += len(held)
+                if progress:
+                    progress(len(held))
+            held = chunk
+    except (ue.ProtocolError, ue.TimeoutError, ue.HTTPError, ConnectionError, TimeoutError) as e:
+        raise RequestFailed(
+            f'reading blob {desc.digest.short()} from "{src.name}": {e.__class__.__name__}', temporary=True
+        ) from None
+    actual = f"{desc.digest.algorithm}:{h.hexdigest()}"
+    if total != desc.size or actual != desc.digest.value:
+        raise DigestMismatch(
+            f'blob {desc.digest} from "{src.name}": got {total} bytes with digest {actual}, expected {desc.size} bytes',
+            expected=desc.digest,
+            actual=actual,
+        )
+    if held is not None:
+        yield held
+        sent[0] += len(held)
+        if progress:
+            progress(len(held))
+
+
+def cosign_tag_of(tag: str) -> Digest | None:
+    """The digest a cosign/referrers-fallback tag (``sha256-<hex>[.sig|.att|.sbom]``) points at."""
+    m = _COSIGN_TAG.match(tag)
+    return Digest("sha256:" + m.group(1)) if m else None
+
+
+def chunks_of(data: bytes, size: int = CHUNK) -> Iterable[bytes]:
+    return (data[i : i + size] for i in range(0, len(data), size))
