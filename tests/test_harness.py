@@ -130,7 +130,6 @@ def _upload_blob(reg: LocalRegistry, repository: str, data: bytes, *, credential
     if start.status != 202:
         return start.status
     location = start.headers["Location"]
-    location = location[len(reg.url) :] if location.startswith("http") else location
     sep = "&" if "?" in location else "?"
     put = reg.request(
         "PUT",
@@ -140,6 +139,14 @@ def _upload_blob(reg: LocalRegistry, repository: str, data: bytes, *, credential
         credentials=credentials,
     )
     return put.status
+
+
+def test_access_log_counts_uploads(fresh_registry: LocalRegistry) -> None:
+    assert fresh_registry.blob_uploads() == 0
+    assert _upload_blob(fresh_registry, "harness/counted", b"one", credentials=True) == 201
+    assert _upload_blob(fresh_registry, "harness/counted", b"two", credentials=True) == 201
+    assert fresh_registry.blob_uploads() == 2
+    assert fresh_registry.count("POST", r"^/v2/harness/counted/blobs/uploads/$", 202) == 2
 
 
 def test_blob_push_and_pull_with_credentials(auth_registry: LocalRegistry) -> None:

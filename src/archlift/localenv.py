@@ -286,11 +286,13 @@ class LocalRegistry:
         headers: Mapping[str, str] | None = None,
         credentials: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """One HTTP request to ``url + path`` (trusting this registry's CA), credentials sent unless told not."""
+        """One HTTP request to ``url + path`` (or to ``path`` when it is a full URL, such as an upload's
+        Location), trusting this registry's CA; credentials are sent unless told not."""
         if self._pool is None:
             self._pool = urllib3.PoolManager(ca_certs=str(self.ca_file) if self.ca_file else None, retries=False)
         all_headers = {**(self.auth_header() if credentials else {}), **(headers or {})}
-        return self._pool.request(method, self.url + path, body=body, headers=all_headers, redirect=False, timeout=30)
+        url = path if path.startswith(("http://", "https://")) else self.url + path
+        return self._pool.request(method, url, body=body, headers=all_headers, redirect=False, timeout=30)
 
     def manifest_digest(self, repository: str, reference: str) -> Digest | None:
         """The digest ``repository:reference`` resolves to here, or None when it does not exist."""
