@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from archlift.errors import RegistryError
+from archlift.errors import RegistryError, SourceError
 from archlift.localenv import GitRepo, LocalRegistry, make_git_repo
 from archlift.proc import run
 from archlift.refs import Digest, ImageRef, Platform
@@ -224,6 +224,14 @@ def test_git_repo_is_deterministic(git_repo_factory: Callable[..., GitRepo], tmp
     assert first.commit == "087424e83f9fdd034d5951f4c3bb54cacd0cb1a1"
     again = make_git_repo(first.path.parent / "one-src", tmp_path / "two")  # replaces what it made
     assert again.commit == first.commit and again.head == again.commit
+
+
+def test_git_repo_never_replaces_a_repository_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "theirs" / ".git").mkdir(parents=True)
+    with pytest.raises(SourceError, match="not a git repository made by archlift"):
+        make_git_repo(tmp_path / "src", tmp_path / "theirs")
+    assert (tmp_path / "theirs" / ".git").is_dir()
 
 
 # --- saved real outputs (tests/fixtures/) ----------------------------------------------

@@ -509,6 +509,7 @@ def seed_toolchain(registry_host: str, repository: str = "base/toolchain", tag: 
 GIT_NAME = "archlift test"
 GIT_EMAIL = "test@archlift.invalid"
 GIT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z
+_MADE_HERE = "archlift-made"  # a file in .git: make_git_repo may replace this repository
 
 
 @dataclass(frozen=True)
@@ -538,17 +539,18 @@ def make_git_repo(
     relative path to new content; None deletes the file).
 
     Names, e-mails and dates are fixed and git's user/system config is ignored, so the
-    same input gives the same commit ids on every machine. A ``dest_dir`` left by an
-    earlier call (it holds ``.git``) is replaced; any other non-empty one is an error.
+    same input gives the same commit ids on every machine. A ``dest_dir`` made by an
+    earlier call (marked in its .git) is replaced; any other non-empty one is an error.
     """
     src_dir, dest_dir = Path(src_dir), Path(dest_dir)
+    marker = dest_dir / ".git" / _MADE_HERE
     if not src_dir.is_dir():
         raise SourceError(f"{src_dir}: not a directory, cannot make a git repository of it")
     if dest_dir.exists():
-        if (dest_dir / ".git").is_dir():
+        if marker.is_file():
             shutil.rmtree(dest_dir)
         elif any(dest_dir.iterdir()):
-            raise SourceError(f"{dest_dir}: exists and is not empty (and not a git repository made earlier)")
+            raise SourceError(f"{dest_dir}: exists and is not empty (and not a git repository made by archlift)")
     shutil.copytree(src_dir, dest_dir, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
     git_dir = dest_dir / ".git"
     # Explicit GIT_* variables override any inherited from a git hook or the caller's checkout.
@@ -571,6 +573,7 @@ def make_git_repo(
         return run(["git", *args], cwd=dest_dir, env=env, error=SourceError, context=f"git in {dest_dir}").stdout
 
     git("init", "--quiet", f"--initial-branch={branch}")
+    marker.write_text("made by archlift.localenv.make_git_repo; replaced when it runs again\n")
     git("add", "--all")
     git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", message)
     commit = git("rev-parse", "HEAD").strip()
