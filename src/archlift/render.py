@@ -252,10 +252,9 @@ def _image_helper(lock: ReleaseLock) -> Callable[[str], str]:
 
 # --- templates ------------------------------------------------------------------------
 def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+    """``path`` relative to the working directory when it is below it, else as it is."""
+    absolute = Path(os.path.abspath(path))
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else str(path)
 
 
 def _template_names(templates: Path) -> tuple[list[str], list[str]]:
@@ -566,17 +565,23 @@ def render(
         raise ConfigError("nothing to render: no templates and no upstream manifests produced a document")
 
     problems: list[str] = []
+    unpinned = False
     for doc in docs:
         problems += validation_problems(doc, kubernetes_version)
-        problems += image_problems(doc, lock)
+        images = image_problems(doc, lock)
+        unpinned = unpinned or bool(images)
+        problems += images
     problems += _duplicates(docs)
     if problems:
         shown = problems[:_MAX_PROBLEMS]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        hint = (
+            "every container image must be pinned by digest to a component of the release "
+            "(image('<component>') in a template; 'replaces:' for upstream manifests)"
+        )
         raise ConfigError(
             f"{len(problems)} problem(s) in the rendered manifests:\n  " + "\n  ".join(shown) + more,
-            hint="every container image must be pinned by digest to a component of the release "
-            "(image('<component>') in a template; 'replaces:' for upstream manifests)",
+            hint=hint if unpinned else "",
         )
 
     docs.sort(key=lambda d: d.sort_key)
