@@ -221,6 +221,11 @@ def probe(host: str, *, insecure: bool = False, ca_file: str | None = None) -> E
         try:
             resp = pool.request("GET", f"{scheme}://{host}/v2/", redirect=False)
         except urllib3.exceptions.HTTPError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):  # TLS is there, but not trusted: no falling back to HTTP
+                raise PublishError(
+                    f"{host} answers HTTPS with a certificate this machine does not trust",
+                    hint=f"pass --ca-file, or put the CA in {CERTS_D / host / 'ca.crt'} (or --insecure)",
+                ) from None
             errors.append(f"{scheme}: {e}")
             continue
         finally:
@@ -242,9 +247,22 @@ def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> Digest:
     creds = auth.lookup(ref.registry)
     if creds.username or creds.password:
         client.auth.set_basic_auth(creds.username, creds.password)
+    elif endpoint.challenge == "basic":
+        raise PublishError(
+            f"pushing {ref}: the registry asks for a user name and password, and none are configured for "
+            f"{ref.registry}",
+            hint=f"docker login {ref.registry}, or set {auth.env_name(ref.registry)}=user:password",
+        )
     container = client.get_container(str(ref))
     context = f"pushing {ref} ({artifact.form.name})"
     try:
+        if creds:  # check the credentials once, with a clear message when they are refused
+            resp = client.do_request(f"{client.prefix}://{ref.registry}/v2/", "GET")
+            if resp.status_code in (401, 403):
+                raise PublishError(
+                    f"{context}: the registry refused the credentials from {creds.source} (HTTP {resp.status_code})",
+                    hint=f"check them: docker login {ref.registry}, or {auth.env_name(ref.registry)}=user:password",
+                )
         with tempfile.TemporaryDirectory(prefix="archlift-publish-") as tmp:
             for blob in (artifact.layer, artifact.config):
                 path = Path(tmp) / blob.digest.hex
