@@ -33,7 +33,19 @@ COMMANDS = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> list[str]:
+    """The command modules to import: only the one named on the command line when there is
+    one (start-up stays fast: no jinja2, oras or schema packages for a build), else all."""
+    for arg in argv:
+        if arg.startswith("-"):
+            if arg in ("-h", "--help", "--version"):
+                return list(COMMANDS)
+            continue
+        return [arg] if arg in COMMANDS else list(COMMANDS)
+    return list(COMMANDS)
+
+
+def _parser(names: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archlift",
         description="Build, pin, publish and mirror multi-arch container images from patched upstreams.",
@@ -41,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"archlift {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every external command run")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in names:
         try:
             module = importlib.import_module(f"archlift.commands.{name}")
         except ModuleNotFoundError as e:
@@ -53,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(_chosen(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose or os.environ.get("ARCHLIFT_DEBUG") else logging.WARNING,

@@ -422,15 +422,23 @@ def _existing(ref: ImageRef) -> ImageRef | None:
     return ImageRef(ref.registry, ref.repository, ref.tag, digest) if digest else None
 
 
-def _build_and_push(context: Path, dockerfile: str, ref: ImageRef, platforms: Sequence[str], what: str) -> ImageRef:
+def _build_and_push(
+    context: Path,
+    dockerfile: str,
+    ref: ImageRef,
+    platforms: Sequence[str],
+    what: str,
+    args: Mapping[str, str] | None = None,
+) -> ImageRef:
     (context / "Dockerfile").write_text(dockerfile)
+    build_args = [f"--build-arg={k}={v}" for k, v in sorted((args or {}).items())]
     metadata = context.parent / "metadata.json"
     run(
         [
             "docker", "buildx", "build",
             "--platform", ",".join(platforms),
             "--provenance=false", "--sbom=false",
-            "--build-arg", "SOURCE_DATE_EPOCH=0",
+            "--build-arg", "SOURCE_DATE_EPOCH=0", *build_args,
             "--output", f"type=image,name={ref},push=true,oci-mediatypes=true",
             "--metadata-file", str(metadata),
             str(context),
@@ -600,3 +608,22 @@ def write_files(root: Path, files: Mapping[str, str | bytes | None]) -> Path:
         else:
             target.write_text(content)
     return root
+
+
+def seed_sbom_scanner(registry_host: str, repository: str = "base/sbom-scanner", tag: str = "1") -> ImageRef:
+    """Build archlift's own BuildKit SBOM generator (build/sbom-scanner) on the seeded busybox
+    base and push it; returns ``host/repository:tag@digest``. Idempotent like ``seed_busybox``."""
+    ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
+    existing = _existing(ref)
+    if existing:
+        return existing
+    base = seed_busybox(registry_host)
+    source = Path(__file__).resolve().parents[2] / "build" / "sbom-scanner"
+    if not (source / "Dockerfile").is_file():
+        raise ToolMissing(f"{source}: the SBOM scanner's Dockerfile is missing (run from an archlift checkout)")
+    with tempfile.TemporaryDirectory(prefix="archlift-seed-") as tmp:
+        context = Path(tmp) / "context"
+        shutil.copytree(source, context)
+        dockerfile = (source / "Dockerfile").read_text()
+        platforms = ("linux/amd64", "linux/arm64")
+        return _build_and_push(context, dockerfile, ref, platforms, "the SBOM scanner", args={"BASE": str(base)})

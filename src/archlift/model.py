@@ -131,6 +131,7 @@ class Config:
     cache: CacheConfig
     provenance: bool
     sbom: bool
+    sbom_generator: str
     sources: dict[str, Source]
     components: dict[str, Component]
     manifests: ManifestsConfig
@@ -186,6 +187,7 @@ def load_config(path: Path | str, *, registry: str | None = None) -> Config:
         cache=_cache(top["cache"]) if "cache" in top else CacheConfig(),
         provenance=_attest(top, "provenance"),
         sbom=_attest(top, "sbom"),
+        sbom_generator=_sbom_generator(top),
         sources=sources,
         components=components,
         manifests=_manifests(top["manifests"], path.parent, sources) if "manifests" in top else ManifestsConfig(),
@@ -459,11 +461,29 @@ def _cache(f: Field) -> CacheConfig:
     return CacheConfig(kind, repo)
 
 
+ATTEST_KEYS = ("provenance", "sbom", "sbom_generator")
+
+
 def _attest(top: dict[str, Field], key: str) -> bool:
     if "attestations" not in top:
         return True
-    fields = top["attestations"].mapping(("provenance", "sbom"))
+    fields = top["attestations"].mapping(ATTEST_KEYS)
     return fields[key].boolean() if key in fields else True
+
+
+def _sbom_generator(top: dict[str, Field]) -> str:
+    """The BuildKit SBOM generator image ('' = BuildKit's default scanner)."""
+    if "attestations" not in top:
+        return ""
+    fields = top["attestations"].mapping(ATTEST_KEYS)
+    if "sbom_generator" not in fields:
+        return ""
+    value = fields["sbom_generator"].nonempty("an image reference")
+    try:
+        ImageRef.parse(value)
+    except RefError as e:
+        raise fields["sbom_generator"].error(str(e)) from None
+    return value
 
 
 def _manifests(f: Field, root: Path, sources: dict[str, Source]) -> ManifestsConfig:

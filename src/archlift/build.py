@@ -1,0 +1,517 @@
+"""Build: Plan -> prepared trees -> buildx builds pushed by digest -> tags -> lock.
+
+1. ``decide``: resolve each source (fetching only what is missing), read the
+   patched Dockerfile, resolve its external images to digests, hash the
+   inputs and look for a build record: build, or skip and why.
+2. ``execute``: build what must be built, concurrently (bounded), one
+   ``docker buildx build`` per component for all its platforms, pushed by
+   digest only; verify the digests against the registry; copy mirrored
+   components by digest.
+3. ``release``: only when every selected component succeeded, move the tags
+   and write ``dist/release.json``. If any failed, no tag moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import inputs as inputs_mod
+from .dockerfile import external_images
+from .errors import ArchliftError, BuildError, RegistryError
+from .inputs import BuildRecord, Inputs
+from .lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
+from .model import Component, Config, Source
+from .ocilayout import Layout, push_tree
+from .patches import PatchedTree, apply_queue, file_sha256, queue_hash
+from .plan import Plan, PlannedComponent
+from .refs import Digest, ImageRef
+from .registry import RegistryClient
+from .sources import ResolvedSource, cache_root, checkout, resolve
+
+Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
+
+
+def _quiet(component: str, platform: str, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    action: str  # build | skip | copy | fail
+    reason: str
+    inputs: Inputs | None = None
+    record: BuildRecord | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"action": self.action, "reason": self.reason}
+        if self.inputs:
+            out["inputs_hash"] = self.inputs.hash
+        return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one component in this run."""
+
+    name: str
+    status: str  # built | skipped | copied | failed
+    seconds: float
+    release: ComponentRelease | None = None
+    error: str = ""
+
+
+@dataclass
+class Workspace:
+    """Per-run state: resolved sources and patched trees, shared by components of one source."""
+
+    config: Config
+    client: RegistryClient
+    lock: ReleaseLock | None
+    refresh: bool = False
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="run-", dir=_trees_dir())))
+    resolved: dict[str, ResolvedSource] = field(default_factory=dict)
+    trees: dict[str, PatchedTree] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    source_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    bases: dict[str, str] = field(default_factory=dict)  # external image -> digest, this run
+
+    def _source_lock(self, name: str) -> threading.Lock:
+        with self.guard:
+            return self.source_locks.setdefault(name, threading.Lock())
+
+    def resolve(self, comp: Component) -> ResolvedSource:
+        source = _source(comp)
+        with self._source_lock(source.name):
+            if source.name not in self.resolved:
+                locked = self._locked_commit(comp)
+                self.resolved[source.name] = resolve(source, refresh=self.refresh, locked_commit=locked)
+            return self.resolved[source.name]
+
+    def _locked_commit(self, comp: Component) -> str | None:
+        if not self.lock or comp.name not in self.lock.components:
+            return None
+        entry = self.lock.components[comp.name]
+        if entry.upstream and entry.upstream.url == _source(comp).git and entry.upstream.ref == _source(comp).ref:
+            return entry.upstream.commit
+        return None
+
+    def tree(self, comp: Component) -> PatchedTree:
+        source = _source(comp)
+        key = f"{source.name}-{queue_hash(source.patches)[:12]}"
+        resolved = self.resolve(comp)
+        with self._source_lock(source.name):
+            if key not in self.trees:
+                path = checkout(resolved, self.root / key)
+                self.trees[key] = apply_queue(path, source.patches, resolved, comp.name)
+            return self.trees[key]
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _trees_dir() -> Path:
+    path = cache_root() / "worktrees"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source(comp: Component) -> Source:
+    assert comp.source is not None
+    return comp.source
+
+
+# --- deciding ---------------------------------------------------------------
+
+
+def _dockerfile_text(ws: Workspace, comp: Component, resolved: ResolvedSource) -> str:
+    """The patched Dockerfile, from a small cache keyed by commit + patches (no checkout needed)."""
+    assert comp.build is not None
+    if comp.build.dockerfile_local:
+        return comp.build.dockerfile_local.read_text()
+    source = _source(comp)
+    key = f"{resolved.tree_hash or resolved.commit}-{queue_hash(source.patches)}-{comp.build.dockerfile}"
+    cached = cache_root() / "dockerfiles" / (hashlib.sha256(key.encode()).hexdigest() + ".Dockerfile")
+    if cached.is_file() and not resolved.tree_hash:
+        return cached.read_text()
+    path = ws.tree(comp).path / comp.build.dockerfile
+    if not path.is_file():
+        raise BuildError(
+            f"{comp.name}: the Dockerfile '{comp.build.dockerfile}' is not in {resolved.url} at {resolved.commit}",
+            hint="fix build.dockerfile in images.yaml (it is relative to the source root)",
+        )
+    text = path.read_text()
+    write_atomic(cached, text)
+    return text
+
+
+def _resolve_bases(ws: Workspace, comp: Component, images: list[str]) -> dict[str, str]:
+    out = {}
+    for text in images:
+        if text in ws.bases:
+            out[text] = ws.bases[text]
+            continue
+        try:
+            ref = ImageRef.parse(text)
+        except ValueError as e:
+            raise BuildError(f"{comp.name}: the Dockerfile pulls '{text}', which is not an image reference: {e}") from e
+        if ref.digest:
+            out[text] = str(ref.digest)
+            continue
+        try:
+            desc = ws.client.head_manifest(ref)
+        except RegistryError as e:
+            raise BuildError(
+                f"{comp.name}: cannot resolve base image '{text}': {e.message}",
+                hint="make it reachable, or replace it with a named build context (build.contexts) "
+                "or a build arg pointing at a mirror",
+            ) from e
+        if desc is None:
+            raise BuildError(f"{comp.name}: base image '{text}' does not exist in its registry")
+        out[text] = ws.bases[text] = str(desc.digest)
+    return out
+
+
+def inputs_for(ws: Workspace, comp: Component) -> tuple[Inputs, ResolvedSource, str]:
+    assert comp.build is not None
+    resolved = ws.resolve(comp)
+    patch_hash = queue_hash(_source(comp).patches)
+    values = inputs_mod.tag_values(comp, resolved, patch_hash, "")
+    args = {k: inputs_mod.expand(v, values) for k, v in comp.build.args.items()}
+    text = _dockerfile_text(ws, comp, resolved)
+    bases = _resolve_bases(ws, comp, external_images(text, args, comp.build.contexts))
+    return inputs_mod.compute(comp, ws.config, resolved, patch_hash, bases, args), resolved, patch_hash
+
+
+def decide_one(ws: Workspace, comp: Component, force: bool = False) -> Decision:
+    if comp.mirror:
+        return Decision(comp.name, "copy", f"mirror {comp.mirror}: copied by digest when missing")
+    try:
+        inputs, _, _ = inputs_for(ws, comp)
+    except ArchliftError as e:
+        return Decision(comp.name, "fail", e.message)
+    if force:
+        return Decision(comp.name, "build", "--force", inputs)
+    record = inputs_mod.find_record(ws.client, comp, ws.config, inputs.hash)
+    if record:
+        return Decision(
+            comp.name,
+            "skip",
+            f"unchanged: inputs {inputs.short} built as {record.index_digest.short()}",
+            inputs,
+            record,
+        )
+    return Decision(comp.name, "build", f"no image in the registry for inputs {inputs.short}", inputs)
+
+
+@contextlib.contextmanager
+def workspace(config: Config, *, refresh: bool = False, lock: ReleaseLock | None = None) -> Iterator[Workspace]:
+    client = RegistryClient()
+    ws = Workspace(config, client, lock, refresh)
+    try:
+        yield ws
+    finally:
+        ws.close()
+        client.close()
+
+
+def decide(plan: Plan) -> list[Decision]:
+    """Build or skip, and why, for every planned component (resolves sources, asks the registry)."""
+    with workspace(plan.config, lock=_read_lock_quietly(Path("dist/release.json"))) as ws:
+        return [decide_one(ws, p.component) for p in plan.components]
+
+
+def _read_lock_quietly(path: Path) -> ReleaseLock | None:
+    try:
+        return ReleaseLock.read(path) if path.is_file() else None
+    except ArchliftError:
+        return None
+
+
+# --- building ----------------------------------------------------------------
+
+
+def _labels(comp: Component, resolved: ResolvedSource) -> dict[str, str]:
+    return {
+        "org.opencontainers.image.source": resolved.url if "://" in resolved.url else "",
+        "org.opencontainers.image.revision": resolved.commit,
+        "org.opencontainers.image.version": resolved.version,
+        "dev.archlift.component": comp.name,
+    }
+
+
+def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter) -> Digest:
+    """One ``docker buildx build`` for all platforms, pushed by digest; returns the index digest.
+
+    BuildKit's ``docker`` driver cannot push by digest, so the build exports an
+    OCI layout and ``push_tree`` sends it by digest (no tag is written).
+    """
+    from python_on_whales import DockerException, docker
+
+    assert comp.build is not None
+    tree = ws.tree(comp)
+    resolved = tree.resolved
+    context = tree.path / comp.build.context
+    dockerfile = comp.build.dockerfile_local or (tree.path / comp.build.dockerfile)
+    cache = ws.config.cache.ref_for(comp.image)
+    meta = ws.root / f"{comp.name}.metadata.json"
+    layout_dir = ws.root / f"{comp.name}.oci"
+    labels = {k: v for k, v in _labels(comp, resolved).items() if v}
+    platforms = [str(p) for p in comp.platforms]
+    report(comp.name, "", f"building {', '.join(platforms)}")
+    try:
+        logs = docker.buildx.build(
+            context,
+            file=dockerfile,
+            target=comp.build.target,
+            build_args=inputs.args,
+            build_contexts=dict(comp.build.contexts),
+            platforms=platforms,
+            labels=labels,
+            builder=ws.config.builder or None,
+            cache_from=f"type=registry,ref={cache}" if cache else None,
+            cache_to=f"type=registry,ref={cache},mode=max" if cache else None,
+            provenance=ws.config.provenance,
+            sbom={"generator": ws.config.sbom_generator}
+            if ws.config.sbom and ws.config.sbom_generator
+            else ws.config.sbom,
+            output={"type": "oci", "dest": str(layout_dir), "tar": "false"},
+            metadata_file=meta,
+            progress="plain",
+            stream_logs=True,
+        )
+        tail: list[str] = []
+        for _, line in _lines(logs):
+            tail = [*tail[-29:], line]
+            _report_line(comp.name, line, report)
+    except DockerException as e:
+        text = "\n".join((e.stderr or "").strip().splitlines()[-15:]) or "\n".join(tail[-15:])
+        raise BuildError(f"{comp.name}: docker buildx build failed ({e.return_code}):\n{text}") from None
+    data = json.loads(meta.read_text())
+    digest = Digest.parse(data["containerimage.digest"])
+    top = next((d for d in Layout(layout_dir).index() if d.digest == digest), None)
+    if top is None:
+        raise BuildError(f"{comp.name}: buildx reported {digest}, which its OCI layout does not hold")
+    report(comp.name, "", f"pushing {digest.short()} by digest")
+    push_tree(ws.client, Layout(layout_dir), comp.image, top)
+    shutil.rmtree(layout_dir, ignore_errors=True)
+    return digest
+
+
+def _lines(logs: Any) -> Iterator[tuple[str, str]]:
+    for item in logs:
+        if isinstance(item, tuple):
+            yield item[0], item[1].decode(errors="replace").rstrip() if isinstance(item[1], bytes) else str(item[1])
+        else:
+            yield "stderr", str(item).rstrip()
+
+
+def _report_line(name: str, line: str, report: Reporter) -> None:
+    # "#12 [linux/arm64 build 2/3] RUN ..." -> platform "linux/arm64", "build 2/3 RUN ..."
+    if "[" in line and "]" in line and line.startswith("#"):
+        inside = line[line.index("[") + 1 : line.index("]")]
+        first = inside.split(" ", 1)[0]
+        if "/" in first and first.startswith(("linux", "windows", "darwin")):
+            report(name, first, inside.split(" ", 1)[1] if " " in inside else inside)
+
+
+def verify_pushed(client: RegistryClient, comp: Component, digest: Digest, inputs_hash: str) -> BuildRecord:
+    """Read the pushed index back: its digest, and one manifest per wanted platform."""
+    ref = comp.image.with_digest(digest)
+    manifest = client.get_manifest(ref)  # verifies the bytes against the digest
+    platforms: dict[str, Digest] = {}
+    attestations: dict[str, Digest] = {}
+    for desc in manifest.descriptors():
+        if desc.is_attestation:
+            subject = desc.annotations.get("vnd.docker.reference.digest", "")
+            if subject:
+                attestations[subject] = desc.digest
+        elif desc.platform:
+            platforms[str(desc.platform)] = desc.digest
+    wanted = {str(p) for p in comp.platforms}
+    if set(platforms) != wanted:
+        raise BuildError(
+            f"{comp.name}: the pushed index {digest} has platforms {sorted(platforms)}, expected {sorted(wanted)}"
+        )
+    for platform, d in platforms.items():
+        if client.head_manifest(comp.image.with_digest(d)) is None:
+            raise BuildError(f"{comp.name}: the registry does not serve the {platform} manifest {d}")
+    built_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return BuildRecord(inputs_hash, digest, manifest.media_type, platforms, attestations, built_at)
+
+
+def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, report: Reporter) -> Outcome:
+    comp = planned.component
+    start = time.monotonic()
+    try:
+        if decision.action == "fail":
+            raise BuildError(f"{comp.name}: {decision.reason}")
+        if comp.mirror:
+            release = copy_mirror(ws, comp, report)
+            return Outcome(comp.name, "copied", time.monotonic() - start, release)
+        inputs, resolved, patch_hash = (
+            inputs_for(ws, comp)
+            if decision.inputs is None
+            else (
+                decision.inputs,
+                ws.resolve(comp),
+                queue_hash(_source(comp).patches),
+            )
+        )
+        record = decision.record
+        status = "skipped"
+        if record is None:
+            digest = run_buildx(ws, comp, inputs, report)
+            record = verify_pushed(ws.client, comp, digest, inputs.hash)
+            inputs_mod.save_record(ws.client, comp, ws.config, record)
+            status = "built"
+        release = _release_entry(ws, comp, resolved, patch_hash, inputs, record)
+        return Outcome(comp.name, status, time.monotonic() - start, release)
+    except ArchliftError as e:
+        return Outcome(comp.name, "failed", time.monotonic() - start, error=e.message)
+
+
+def _release_entry(
+    ws: Workspace, comp: Component, resolved: ResolvedSource, patch_hash: str, inputs: Inputs, record: BuildRecord
+) -> ComponentRelease:
+    values = inputs_mod.tag_values(comp, resolved, patch_hash, inputs.short)
+    root = ws.config.root
+    patches = tuple(
+        PatchRecord(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), file_sha256(p))
+        for p in _source(comp).patches
+    )
+    return ComponentRelease(
+        name=comp.name,
+        kind="built",
+        repository=comp.image.name,
+        index_digest=record.index_digest,
+        platforms=dict(record.platforms),
+        tags=tuple(inputs_mod.expand(t, values) for t in comp.tags),
+        upstream=Upstream(resolved.url, _source(comp).ref or "", resolved.commit, resolved.version),
+        patches=patches,
+        inputs_hash=inputs.hash,
+        built_at=record.built_at,
+        media_type=record.media_type,
+        attestations=dict(record.attestations),
+    )
+
+
+def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> ComponentRelease:
+    """Copy a third-party image into our repository by digest (no tag yet), with the mirror engine."""
+    from .mirror import ImagePlan, MirrorPlan, Target, check, mirror
+
+    assert comp.mirror is not None
+    source = comp.mirror
+    desc = ws.client.head_manifest(source)
+    if desc is None:
+        raise BuildError(f"{comp.name}: the mirrored image {source} does not exist")
+    target = comp.image.with_digest(desc.digest)
+    if ws.client.head_manifest(target) is None:
+        report(comp.name, "", f"copying {source}")
+        wanted = tuple(str(p) for p in comp.platforms)
+        one = ImagePlan(comp.name, source.with_digest(desc.digest), comp.image, (), wanted)
+        check(mirror(MirrorPlan(Target(comp.image.registry), (one,)), ws.client))
+    platforms = ws.client.index_platforms(target)
+    missing = {str(p) for p in comp.platforms} - set(platforms)
+    if missing:
+        raise BuildError(
+            f"{comp.name}: the mirrored image {source} lacks {', '.join(sorted(missing))}",
+            hint="mirror an image that ships every platform, or build this component from source",
+        )
+    return ComponentRelease(
+        name=comp.name,
+        kind="mirrored",
+        repository=comp.image.name,
+        index_digest=desc.digest,
+        platforms={p: d for p, d in platforms.items() if p in {str(x) for x in comp.platforms}},
+        tags=comp.tags,
+        source_image=str(source),
+        media_type=desc.media_type,
+        built_at="",
+    )
+
+
+# --- releasing -----------------------------------------------------------------
+
+
+def move_tags(client: RegistryClient, releases: list[ComponentRelease], report: Reporter) -> int:
+    """Point every tag at its component's index; returns how many tags moved."""
+    moved = 0
+    for rel in releases:
+        raw: bytes | None = None
+        for ref in rel.tag_refs():
+            current = client.head_manifest(ref)
+            if current is not None and current.digest == rel.index_digest:
+                continue
+            if raw is None:
+                raw = client.get_manifest(ref.with_digest(rel.index_digest)).raw
+            client.put_manifest(ref, raw, rel.media_type)
+            report(rel.name, "", f"tagged {ref.tag}")
+            moved += 1
+    return moved
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcomes: tuple[Outcome, ...]
+    lock: ReleaseLock | None
+    tags_moved: int
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status != "failed" for o in self.outcomes)
+
+
+def execute(
+    plan: Plan,
+    *,
+    lock_path: Path,
+    jobs: int | None = None,
+    force: bool = False,
+    refresh: bool = False,
+    report: Reporter = _quiet,
+) -> RunResult:
+    previous = _read_lock_quietly(lock_path)
+    with workspace(plan.config, refresh=refresh, lock=previous) as ws:
+        decisions = {p.name: decide_one(ws, p.component, force) for p in plan.components}
+        for name, d in decisions.items():
+            report(name, "", f"{d.action}: {d.reason}")
+        workers = jobs or plan.config.concurrency
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(build_one, ws, p, decisions[p.name], report) for p in plan.components]
+            outcomes = tuple(f.result() for f in futures)
+        if not all(o.release for o in outcomes):
+            return RunResult(outcomes, None, 0)
+        releases = [o.release for o in outcomes if o.release]
+        moved = move_tags(ws.client, releases, report)
+        lock = _merge_lock(plan.config, previous, releases)
+        lock.write(lock_path)
+        return RunResult(outcomes, lock, moved)
+
+
+def _merge_lock(config: Config, previous: ReleaseLock | None, releases: list[ComponentRelease]) -> ReleaseLock:
+    """The new lock: this run's components, plus earlier entries of components still in images.yaml."""
+    components = {}
+    if previous:
+        components = {n: c for n, c in previous.components.items() if n in config.components}
+    components.update({r.name: r for r in releases})
+    if previous and previous.components == components:
+        return previous
+    try:
+        name = str(config.path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        name = str(config.path)
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ReleaseLock(components=components, config=name, created_at=created)

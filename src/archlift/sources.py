@@ -1,0 +1,228 @@
+"""Fetch: upstream sources into a cache reused across runs, resolved to commits.
+
+``resolve(source)`` -> :class:`ResolvedSource` (fetches only what is missing);
+``checkout(resolved, dest)`` -> a fresh work tree at that commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SourceError
+from .model import Source
+from .proc import run
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "archlift",
+    "GIT_AUTHOR_EMAIL": "archlift@localhost",
+    "GIT_COMMITTER_NAME": "archlift",
+    "GIT_COMMITTER_EMAIL": "archlift@localhost",
+}
+
+
+def cache_root() -> Path:
+    """``$ARCHLIFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/archlift``, else ``~/.cache/archlift``."""
+    if os.environ.get("ARCHLIFT_CACHE_DIR"):
+        return Path(os.environ["ARCHLIFT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "archlift"
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    source: Source
+    url: str
+    commit: str
+    version: str  # the tag, else `git describe --tags --always`
+    commit_time: int  # committer time, seconds since the epoch (SOURCE_DATE_EPOCH)
+    repo: Path | None  # the bare cache clone (git sources)
+    dirty: bool = False  # a local directory with uncommitted changes
+    tree_hash: str = ""  # local directories: hash of the files as they are
+
+    @property
+    def short_commit(self) -> str:
+        return self.commit[:9]
+
+
+def git(*args: str, cwd: Path | None = None, context: str = "", check: bool = True) -> str:
+    return run(["git", *args], cwd=cwd, env=GIT_ENV, error=SourceError, context=context, check=check).stdout.strip()
+
+
+def _repo_dir(url: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rstrip("/").rsplit("/", 1)[-1])[:40]
+    return cache_root() / "git" / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}.git"
+
+
+def _ensure_clone(url: str, context: str) -> Path:
+    repo = _repo_dir(url)
+    if (repo / "HEAD").exists():
+        return repo
+    tmp = repo.with_name(repo.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    git("init", "--bare", "-q", str(tmp), context=context)
+    git("remote", "add", "origin", url, cwd=tmp, context=context)
+    os.replace(tmp, repo)
+    return repo
+
+
+@dataclass(frozen=True)
+class Refs:
+    """A repository's refs, read with one ``git show-ref -d`` (tags peeled to commits)."""
+
+    tags: dict[str, str]
+    branches: dict[str, str]
+
+    @classmethod
+    def read(cls, repo: Path) -> Refs:
+        out = run(["git", "show-ref", "-d"], cwd=repo, env=GIT_ENV, check=False).stdout
+        tags: dict[str, str] = {}
+        branches: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, _, name = line.partition(" ")
+            if name.startswith("refs/tags/"):
+                tag = name.removeprefix("refs/tags/")
+                if tag.endswith("^{}"):
+                    tags[tag[:-3]] = sha  # the peeled commit wins over the tag object
+                else:
+                    tags.setdefault(tag, sha)
+            elif name.startswith("refs/remotes/origin/"):
+                branches[name.removeprefix("refs/remotes/origin/")] = sha
+        return cls(tags, branches)
+
+    def commit(self, repo: Path, ref: str) -> str | None:
+        if ref in self.tags:
+            return self.tags[ref]
+        if ref in self.branches:
+            return self.branches[ref]
+        if _HEX40.match(ref):
+            has = run(["git", "cat-file", "-e", f"{ref}^{{commit}}"], cwd=repo, env=GIT_ENV, check=False)
+            return ref if has.returncode == 0 else None
+        return None
+
+
+def _fetch(repo: Path, url: str, ref: str, context: str) -> None:
+    refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
+    result = run(
+        ["git", "fetch", "-q", "--force", "origin", *refspecs],
+        cwd=repo,
+        env=GIT_ENV,
+        check=False,
+        timeout=600,
+        error=SourceError,
+        context=context,
+    )
+    if result.returncode != 0:
+        raise SourceError(
+            f"{context}: cannot fetch {url}: {result.stderr.strip().splitlines()[-1] if result.stderr else ''}",
+            hint="check the URL and your network or credentials; a path must be a git repository",
+        )
+    if _HEX40.match(ref) and not Refs.read(repo).commit(repo, ref):
+        run(["git", "fetch", "-q", "origin", ref], cwd=repo, env=GIT_ENV, check=False, timeout=600)
+
+
+def resolve(source: Source, *, refresh: bool = False, locked_commit: str | None = None) -> ResolvedSource:
+    """Resolve ``source`` to a commit, fetching only what the cache lacks.
+
+    A branch is always fetched (it moves); a tag or commit only when missing
+    or with ``refresh``. A commit that differs from ``source.commit`` (the pin
+    in images.yaml) or from ``locked_commit`` (the release lock) is an error.
+    """
+    if source.path is not None:
+        return _resolve_local(source)
+    assert source.git is not None and source.ref is not None
+    context = f"source '{source.name}'"
+    repo = _ensure_clone(source.git, context)
+    refs = Refs.read(repo)
+    commit = None if refresh else refs.commit(repo, source.ref)
+    if commit is None or (source.ref in refs.branches and source.ref not in refs.tags):
+        _fetch(repo, source.git, source.ref, context)
+        refs = Refs.read(repo)
+        commit = refs.commit(repo, source.ref)
+    if commit is None:
+        raise SourceError(
+            f"{context}: ref '{source.ref}' does not exist in {source.git}",
+            hint="give an existing tag, branch or full commit id in images.yaml",
+        )
+    _check_pins(source, commit, locked_commit)
+    version, when = _commit_facts(repo, commit, source.ref if source.ref in refs.tags else None, context)
+    return ResolvedSource(source, source.git, commit, version, when, repo)
+
+
+def _commit_facts(repo: Path, commit: str, tag: str | None, context: str) -> tuple[str, int]:
+    """(version, committer time) of a commit; cached on disk, since commits never change."""
+    cached = cache_root() / "commits" / f"{commit}.json"
+    if cached.is_file():
+        facts = json.loads(cached.read_text())
+    else:
+        describe = git("describe", "--tags", "--always", commit, cwd=repo, context=context)
+        when = int(git("show", "-s", "--format=%ct", commit, cwd=repo, context=context))
+        facts = {"describe": describe, "time": when}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(facts))
+    return tag or str(facts["describe"]), int(facts["time"])
+
+
+def _check_pins(source: Source, commit: str, locked_commit: str | None) -> None:
+    if source.commit and commit != source.commit:
+        raise SourceError(
+            f"source '{source.name}': '{source.ref}' now resolves to {commit}, but images.yaml pins {source.commit}",
+            hint="the upstream tag moved: check what changed upstream, then update 'commit:' deliberately",
+        )
+    if locked_commit and commit != locked_commit and not _HEX40.match(source.ref or ""):
+        raise SourceError(
+            f"source '{source.name}': '{source.ref}' now resolves to {commit}, "
+            f"but the release lock records {locked_commit}",
+            hint="the upstream tag moved since the last release; pin 'commit:' in images.yaml "
+            "or remove dist/release.json to accept the new commit",
+        )
+
+
+def _resolve_local(source: Source) -> ResolvedSource:
+    assert source.path is not None
+    path = source.path
+    digest = _hash_tree(path)
+    commit, version, when, dirty = "0" * 40, "local", 0, True
+    inside = run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path, check=False).stdout.strip() == "true"
+    if inside:
+        commit = git("rev-parse", "HEAD", cwd=path)
+        version = git("describe", "--tags", "--always", "--dirty", cwd=path)
+        when = int(git("show", "-s", "--format=%ct", "HEAD", cwd=path))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=normal", cwd=path))
+    return ResolvedSource(source, str(path), commit, version, when, None, dirty=dirty, tree_hash=digest)
+
+
+def _hash_tree(root: Path) -> str:
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(p.read_bytes() if not p.is_symlink() else os.readlink(p).encode())
+    return h.hexdigest()
+
+
+def checkout(resolved: ResolvedSource, dest: Path) -> Path:
+    """A fresh work tree of ``resolved`` at ``dest`` (a git repository, detached at the commit)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    context = f"source '{resolved.source.name}'"
+    if resolved.repo is None:
+        shutil.copytree(resolved.url, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        git("init", "-q", str(dest), context=context)
+        git("add", "-A", cwd=dest, context=context)
+        git("commit", "-q", "--allow-empty", "-m", "local tree", cwd=dest, context=context)
+        return dest
+    git("clone", "-q", "--shared", "--no-checkout", str(resolved.repo), str(dest), context=context)
+    git("checkout", "-q", "--detach", resolved.commit, cwd=dest, context=context)
+    return dest
