@@ -568,9 +568,9 @@ def render(
     unpinned = False
     for doc in docs:
         problems += validation_problems(doc, kubernetes_version)
-        images = image_problems(doc, lock)
-        unpinned = unpinned or bool(images)
-        problems += images
+        unpinned_here = image_problems(doc, lock)
+        unpinned = unpinned or bool(unpinned_here)
+        problems += unpinned_here
     problems += _duplicates(docs)
     if problems:
         shown = problems[:_MAX_PROBLEMS]
