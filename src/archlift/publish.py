@@ -232,7 +232,7 @@ def probe(host: str, *, insecure: bool = False, ca_file: str | None = None) -> E
             pool.clear()
         challenge = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower() if resp.status == 401 else ""
         return Endpoint(host, scheme, verify if scheme == "https" else False, challenge)
-    hint = "" if len(schemes) > 1 else "add --insecure for a registry that speaks plain HTTP"
+    hint = "check the host and port" + ("" if len(schemes) > 1 else "; add --insecure if it speaks plain HTTP")
     raise PublishError(f"cannot reach the registry {host}: " + "; ".join(errors), hint=hint)
 
 
