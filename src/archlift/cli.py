@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -41,7 +42,7 @@ def _chosen(argv: Sequence[str]) -> list[str]:
             if arg in ("-h", "--help", "--version"):
                 return list(COMMANDS)
             continue
-        return [arg] if arg in COMMANDS else list(COMMANDS)
+        return [arg] if arg in COMMANDS and importlib.util.find_spec(f"archlift.commands.{arg}") else list(COMMANDS)
     return list(COMMANDS)
 
 

@@ -70,6 +70,18 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
+def port_is_free(port: int) -> bool:
+    if not port:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the registry's listener does
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     if _prctl is not None:
@@ -114,8 +126,10 @@ class LocalRegistry:
         log_level: str = "info",
         startup_timeout: float = 15.0,
         workdir: Path | None = None,
+        port: int = 0,
     ) -> None:
         self.tls = tls
+        self.preferred_port = port  # tried first when free (the demo keeps its port across runs)
         self.auth = auth
         self.username = username if auth else None
         self.password = (password or secrets.token_urlsafe(12)) if auth else None
@@ -174,8 +188,8 @@ class LocalRegistry:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(line.strip() + "\n")
             auth_conf = {"auth": {"htpasswd": {"realm": "archlift-local", "path": str(htpasswd)}}}
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            self.port = free_port()
+        for attempt in range(3):  # a free port can be taken between probing and binding
+            self.port = self.preferred_port if attempt == 0 and port_is_free(self.preferred_port) else free_port()
             config = {
                 "version": 0.1,
                 "log": {"level": self.log_level, "formatter": "text", "accesslog": {"disabled": False}},

@@ -138,7 +138,7 @@ class Config:
 
     @property
     def root(self) -> Path:
-        return self.path.parent
+        return self.path.parent.resolve()
 
     def select(self, names: list[str] | None) -> list[Component]:
         """Components by name (all when ``names`` is empty), with a clear error for unknown names."""
@@ -159,6 +159,7 @@ class Config:
 def load_config(path: Path | str, *, registry: str | None = None) -> Config:
     """Load and validate ``path``; ``registry`` overrides the file's registry."""
     path = Path(path)
+    base = path.parent.resolve()
     root = compose(path)
     if not root.is_mapping():
         raise root.expected("a mapping with 'components:' at the top level")
@@ -169,10 +170,10 @@ def load_config(path: Path | str, *, registry: str | None = None) -> Config:
     _check_registry(reg, top.get("registry", root))
     platforms = _platforms(top["platforms"]) if "platforms" in top else tuple(map(Platform.parse, DEFAULT_PLATFORMS))
     tags = _tags(top["tags"]) if "tags" in top else DEFAULT_TAGS
-    sources = {n: _source(n, f, path.parent) for n, f in top["sources"].items()} if "sources" in top else {}
+    sources = {n: _source(n, f, base) for n, f in top["sources"].items()} if "sources" in top else {}
     if "components" not in top:
         raise root.error("no 'components:' section", "list the images to build or mirror under 'components:'")
-    ctx = _Defaults(reg, platforms, tags, sources, path.parent)
+    ctx = _Defaults(reg, platforms, tags, sources, base)
     components = {n: _component(n, f, ctx) for n, f in top["components"].items()}
     if not components:
         raise top["components"].error("no components", "add at least one component")
@@ -190,7 +191,7 @@ def load_config(path: Path | str, *, registry: str | None = None) -> Config:
         sbom_generator=_sbom_generator(top),
         sources=sources,
         components=components,
-        manifests=_manifests(top["manifests"], path.parent, sources) if "manifests" in top else ManifestsConfig(),
+        manifests=_manifests(top["manifests"], base, sources) if "manifests" in top else ManifestsConfig(),
     )
 
 
