@@ -68,7 +68,12 @@ def _parser(names: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(_chosen(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # positionals after options (`build images.yaml --json hello`) are more components
+        if isinstance(getattr(args, "components", None), list) and not any(x.startswith("-") for x in extra):
+            args.components += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose or os.environ.get("ARCHLIFT_DEBUG") else logging.WARNING,
         format="%(message)s",
