@@ -222,7 +222,7 @@ class FaultProxy:
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = conn.recv(65536)
-            if not chunk:
+            if not chunk or (not data and chunk[:1] == b"\x16"):  # EOF, or a TLS hello: plain HTTP only
                 return None
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")

@@ -152,6 +152,7 @@ class RegistryClient:
         self._bearer: dict[str, auth.Challenge] = {}  # host -> its token challenge
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> token
         self._no_referrers_api: set[str] = set()
+        self._referrers_api: set[str] = set()
         self.requests = 0  # for tests and reports: HTTP requests sent
 
     def close(self) -> None:
@@ -574,6 +575,8 @@ class RegistryClient:
             )
             ctype = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
             if resp.status == 200 and ctype in INDEX_TYPES:
+                with self._lock:
+                    self._referrers_api.add(repo.registry)
                 return Manifest.of(resp.data, ctype).descriptors()
             if resp.status not in (400, 404, 405):
                 raise self._fail(resp, context)
@@ -584,6 +587,17 @@ class RegistryClient:
             return []
         manifest = self.get_manifest(fallback)
         return manifest.descriptors() if manifest.is_index else []
+
+    def referrers_api(self, repo: ImageRef) -> bool:
+        """Whether ``repo``'s registry offers the OCI referrers API (asked once per host)."""
+        with self._lock:
+            if repo.registry in self._referrers_api:
+                return True
+            if repo.registry in self._no_referrers_api:
+                return False
+        self.referrers(repo, Digest.of(b""))
+        with self._lock:
+            return repo.registry in self._referrers_api
 
     # ------------------------------------------------------------------ blobs
     def blob_exists(self, repo: ImageRef, digest: Digest) -> bool:

@@ -1,0 +1,508 @@
+"""Copy every image of a release into another registry, digests preserved.
+
+lock + target -> ``MirrorPlan`` (pure, ``plan_mirror``) -> ``mirror()`` ->
+``MirrorResult``. What is copied for each component: its whole index (platform
+manifests, configs, layers, BuildKit attestation manifests), what refers to
+it (OCI referrers when the source offers the API; ``sha256-<hex>`` referrer
+tags and cosign ``sha256-<hex>.sig/.att/.sbom`` tags otherwise), then the
+lock's tags, moved only once everything of that image is on the target.
+
+How it stays fast: an image whose index is already on the target costs only
+manifest HEADs; each blob is HEADed once per target repository, sent once
+even when many images share it, and mounted (``?mount=&from=``) into the
+other repositories of the target registry; blobs stream GET -> PUT through a
+bounded thread pool, verified while streaming, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ConfigError, MirrorError, RegistryError
+from .lock import ComponentRelease, ReleaseLock
+from .refs import Digest, ImageRef, Platform, RefError
+from .registry import Descriptor, DigestMismatch, Manifest, RegistryClient, cosign_tag_of
+from .registry.model import ATTESTATION_FOR
+
+log = logging.getLogger("archlift.mirror")
+
+
+# ---------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Target:
+    """``REGISTRY[/PREFIX]``: where images go; each keeps its repository path under the prefix."""
+
+    registry: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        host, _, prefix = text.strip().strip("/").partition("/")
+        probe = f"{text.strip().strip('/')}/x" if "/" not in text.strip("/") else text.strip().strip("/")
+        try:
+            ref = ImageRef.parse(probe)
+        except RefError as e:
+            raise ConfigError(f"--to {text}: {e}") from None
+        if ref.registry != host or ref.tag or ref.digest:
+            raise ConfigError(
+                f"--to {text}: expected REGISTRY[/PREFIX], such as registry.internal:5000/mirror "
+                "(a registry host with a '.' or ':' or 'localhost', then an optional path; no tag or digest)"
+            )
+        return cls(host, prefix)
+
+    def map(self, repository: str) -> ImageRef:
+        """Where ``registry/path`` (a lock's repository) goes on this target."""
+        src = ImageRef.parse(repository)
+        return src.in_registry(self.registry, self.prefix)
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.prefix}" if self.prefix else self.registry
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    name: str
+    source: ImageRef  # pinned by the lock's index digest
+    target: ImageRef  # the repository on the target (no tag, no digest)
+    tags: tuple[str, ...]
+    platforms: tuple[str, ...]  # what the lock records
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "target": self.target.name,
+            "tags": list(self.tags),
+            "platforms": list(self.platforms),
+        }
+
+
+@dataclass(frozen=True)
+class MirrorPlan:
+    target: Target
+    images: tuple[ImagePlan, ...]
+    platforms: tuple[str, ...] = ()  # a filter; () keeps every platform
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target),
+            "platforms": list(self.platforms),
+            "images": [i.to_json() for i in self.images],
+        }
+
+
+def plan_mirror(
+    lock: ReleaseLock, target: Target, platforms: Sequence[str] = (), components: Sequence[str] = ()
+) -> MirrorPlan:
+    """Which images go where (pure: no registry is asked)."""
+    wanted = []
+    for p in platforms:
+        try:
+            wanted.append(str(Platform.parse(p)))
+        except RefError as e:
+            raise ConfigError(f"--platform {p}: {e}") from None
+    chosen: Iterable[ComponentRelease] = (
+        [lock.component(n) for n in components] if components else lock.components.values()
+    )
+    images = []
+    for comp in sorted(chosen, key=lambda c: c.name):
+        dst = target.map(comp.repository)
+        src = ImageRef.parse(comp.repository)
+        if src.registry == dst.registry and src.repository == dst.repository:
+            raise ConfigError(f"--to {target}: component '{comp.name}' would be copied onto itself ({src.name})")
+        if wanted and not set(wanted) & set(comp.platforms):
+            raise ConfigError(
+                f"--platform {', '.join(wanted)}: component '{comp.name}' has none of these "
+                f"(it has {', '.join(sorted(comp.platforms))})"
+            )
+        images.append(ImagePlan(comp.name, comp.ref, dst, comp.tags, tuple(sorted(comp.platforms))))
+    return MirrorPlan(target, tuple(images), tuple(wanted))
+
+
+# ---------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class ImageResult:
+    name: str
+    source: str
+    target: str  # repository@digest on the target
+    digest: Digest  # the index digest on the target (differs from the source only with --platform)
+    platforms: tuple[str, ...]
+    dropped_platforms: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tags_moved: tuple[str, ...] = ()
+    extra_tags: tuple[str, ...] = ()  # cosign / referrer tags copied
+    referrers: int = 0
+    up_to_date: bool = False
+    blobs: int = 0
+    blobs_sent: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    bytes_sent: int = 0
+    manifests_pushed: int = 0
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "target": self.target,
+            "digest": str(self.digest),
+            "platforms": list(self.platforms),
+            "dropped_platforms": list(self.dropped_platforms),
+            "tags": list(self.tags),
+            "tags_moved": list(self.tags_moved),
+            "extra_tags": list(self.extra_tags),
+            "referrers": self.referrers,
+            "up_to_date": self.up_to_date,
+            "blobs": {
+                "total": self.blobs,
+                "sent": self.blobs_sent,
+                "skipped": self.blobs_skipped,
+                "mounted": self.blobs_mounted,
+            },
+            "bytes_sent": self.bytes_sent,
+            "manifests_pushed": self.manifests_pushed,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    target: str
+    images: tuple[ImageResult, ...]
+    seconds: float
+    requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(i.error for i in self.images)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(i.bytes_sent for i in self.images)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "requests": self.requests,
+            "bytes_sent": self.bytes_sent,
+            "blobs_sent": sum(i.blobs_sent for i in self.images),
+            "blobs_skipped": sum(i.blobs_skipped for i in self.images),
+            "blobs_mounted": sum(i.blobs_mounted for i in self.images),
+            "images": [i.to_json() for i in self.images],
+        }
+
+    def summary(self) -> str:
+        mb = self.bytes_sent / 1e6
+        rate = mb / self.seconds if self.seconds > 0 else 0.0
+        fresh = sum(1 for i in self.images if i.up_to_date)
+        lines = [
+            f"mirrored {len(self.images)} image(s) to {self.target} in {self.seconds:.1f} s: "
+            f"{sum(i.blobs_sent for i in self.images)} blob(s) sent ({mb:.1f} MB, {rate:.1f} MB/s), "
+            f"{sum(i.blobs_mounted for i in self.images)} mounted, {sum(i.blobs_skipped for i in self.images)} "
+            f"already there; {fresh} image(s) were up to date"
+        ]
+        for i in self.images:
+            state = f"FAILED: {i.error}" if i.error else ("up to date" if i.up_to_date else "copied")
+            lines.append(f"  {i.name}: {i.target} [{state}]")
+            if i.dropped_platforms:
+                lines.append(f"    dropped {', '.join(i.dropped_platforms)}: the index digest on the target is new")
+        return "\n".join(lines)
+
+
+class Progress(Protocol):
+    def start(self, total_bytes: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, total_bytes: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- the work
+@dataclass(eq=False)
+class _Tree:
+    """Manifests in push order (children first) and the blobs they need."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Work:
+    plan: ImagePlan
+    index: Manifest | None = None
+    dropped: tuple[str, ...] = ()
+    up_to_date: bool = False
+    tree: _Tree = field(default_factory=_Tree)  # the index and what it holds, when the target lacks it
+    extras: list[tuple[str, _Tree]] = field(default_factory=list)  # tag -> tree (its last manifest is tagged)
+    referrers: int = 0
+    tags_to_move: list[str] = field(default_factory=list)
+    sent: int = 0
+    skipped: int = 0
+    mounted: int = 0
+    bytes_sent: int = 0
+    manifests_pushed: int = 0
+    error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            self.error = self.error or message
+
+    def all_blobs(self) -> dict[Digest, Descriptor]:
+        out = dict(self.tree.blobs)
+        for _, t in self.extras:
+            out.update(t.blobs)
+        return out
+
+
+def _collect(client: RegistryClient, repo: ImageRef, manifest: Manifest, tree: _Tree, seen: set[Digest]) -> None:
+    """Add ``manifest``, everything below it first, to ``tree``."""
+    if manifest.digest in seen:
+        return
+    seen.add(manifest.digest)
+    for d in manifest.descriptors():
+        if manifest.is_index and d.is_manifest:
+            _collect(client, repo, client.get_manifest(repo.with_digest(d.digest)), tree, seen)
+        else:
+            tree.blobs[d.digest] = d
+    tree.manifests.append(manifest)
+
+
+def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifest, tuple[str, ...]]:
+    """The index with only ``platforms`` (and the attestations of those); the dropped platforms."""
+    if not platforms or not index.is_index:
+        return index, ()
+    doc = index.json()
+    kept, dropped, kept_digests = [], [], set()
+    for raw, d in zip(doc.get("manifests") or [], index.descriptors(), strict=True):
+        if d.platform is not None and not d.is_attestation and str(d.platform) not in platforms:
+            dropped.append(str(d.platform))
+            continue
+        kept.append((raw, d))
+        kept_digests.add(str(d.digest))
+    if not dropped:
+        return index, ()
+    manifests = [
+        raw for raw, d in kept if not d.is_attestation or d.annotations.get(ATTESTATION_FOR, "") in kept_digests
+    ]
+    new = Manifest.of(json.dumps({**doc, "manifests": manifests}, indent=2).encode(), index.media_type)
+    return new, tuple(sorted(dropped))
+
+
+class _Mirror:
+    def __init__(self, plan: MirrorPlan, client: RegistryClient, jobs: int, progress: Progress) -> None:
+        self.plan = plan
+        self.client = client
+        self.jobs = max(1, jobs)
+        self.progress = progress
+
+    # --- discovery (per image) ---------------------------------------
+    def discover(self, w: _Work) -> None:
+        c, src, dst = self.client, w.plan.source, w.plan.target
+        source_index = c.get_manifest(src)  # verified against the lock's digest
+        w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
+        target_ref = dst.with_digest(w.index.digest)
+        w.up_to_date = c.head_manifest(target_ref) is not None
+        if not w.up_to_date:
+            seen: set[Digest] = set()
+            if w.index is not source_index:
+                for d in w.index.descriptors():
+                    _collect(c, src, c.get_manifest(src.with_digest(d.digest)), w.tree, seen)
+                w.tree.manifests.append(w.index)
+            else:
+                _collect(c, src, w.index, w.tree, seen)
+        subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
+        self._referrers(w, subjects)
+        for tag in w.plan.tags:
+            have = c.head_manifest(dst.with_tag(tag))
+            if have is None or have.digest != w.index.digest:
+                w.tags_to_move.append(tag)
+        if w.tags_to_move or w.tree.manifests or w.extras:
+            w.up_to_date = False
+
+    def _referrers(self, w: _Work, subjects: set[Digest]) -> None:
+        c, src, dst = self.client, w.plan.source, w.plan.target
+        referrer_manifests: set[Digest] = set()
+        if c.referrers_api(src):
+            for subject in sorted(subjects):
+                for d in c.referrers(src, subject):
+                    referrer_manifests.add(d.digest)
+        for digest in sorted(referrer_manifests):
+            w.referrers += 1
+            if c.head_manifest(dst.with_digest(digest)) is None:
+                tree = _Tree()
+                _collect(c, src, c.get_manifest(src.with_digest(digest)), tree, set())
+                w.extras.append(("", tree))
+        for tag in sorted(c.list_tags(src)):
+            points_at = cosign_tag_of(tag)
+            if points_at is None or points_at not in subjects:
+                continue
+            desc = c.head_manifest(src.with_tag(tag))
+            if desc is None:
+                continue
+            w.referrers += 1
+            have = c.head_manifest(dst.with_tag(tag))
+            if have is not None and have.digest == desc.digest:
+                continue
+            tree = _Tree()
+            _collect(c, src, c.get_manifest(src.with_digest(desc.digest)), tree, set())
+            w.extras.append((tag, tree))
+
+    # --- blobs (per digest, across images) -----------------------------
+    def blob(self, desc: Descriptor, users: list[_Work]) -> None:
+        """One blob into every target repository that needs it: HEAD, then send once, mount elsewhere."""
+        c = self.client
+        by_repo: dict[str, list[_Work]] = {}
+        for w in users:
+            by_repo.setdefault(w.plan.target.repository, []).append(w)
+        home: ImageRef | None = None
+        first = users[0]
+        same_host = first.plan.source.registry == first.plan.target.registry
+        if same_host:
+            home = first.plan.source
+        for works in by_repo.values():
+            w = works[0]
+            dst = w.plan.target
+            try:
+                location: str | None = None
+                if home is not None:
+                    location = c.start_upload(dst, mount=desc.digest, mount_from=home)
+                    if location is None:
+                        w.mounted += 1
+                        self.progress.advance(desc.size)
+                        home = home if same_host else dst
+                        continue
+                elif c.blob_exists(dst, desc.digest):
+                    w.skipped += 1
+                    self.progress.advance(desc.size)
+                    home = dst
+                    continue
+                n = c.copy_blob(w.plan.source, dst, desc, location=location, progress=self.progress.advance)
+                w.sent += 1
+                w.bytes_sent += n
+                home = home if same_host else dst
+            except DigestMismatch as e:
+                for other in works:
+                    other.fail(f"blob {desc.digest} of {w.plan.source.name}: {e.message}")
+            except RegistryError as e:
+                for other in works:
+                    other.fail(f"blob {desc.digest.short()}: {e.message}")
+            finally:
+                for other in works[1:]:
+                    other.skipped += 1
+
+    # --- manifests and tags (per image) --------------------------------
+    def push(self, w: _Work) -> None:
+        if w.error or w.index is None:
+            return
+        c, dst = self.client, w.plan.target
+        try:
+            for m in w.tree.manifests:
+                c.put_manifest(dst.with_digest(m.digest), m.raw, m.media_type)
+                w.manifests_pushed += 1
+            for tag, tree in w.extras:
+                for n, m in enumerate(tree.manifests):
+                    last = n == len(tree.manifests) - 1
+                    c.put_manifest(
+                        dst.with_tag(tag) if (last and tag) else dst.with_digest(m.digest), m.raw, m.media_type
+                    )
+                    w.manifests_pushed += 1
+            # only now, with everything of the image present, move its tags
+            for tag in w.tags_to_move:
+                c.put_manifest(dst.with_tag(tag), w.index.raw, w.index.media_type)
+        except RegistryError as e:
+            w.fail(e.message)
+
+    def run(self) -> MirrorResult:
+        start = time.monotonic()
+        requests_before = self.client.requests
+        works = [_Work(p) for p in self.plan.images]
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror") as pool:
+            for w, fut in [(w, pool.submit(self.discover, w)) for w in works]:
+                try:
+                    fut.result()
+                except RegistryError as e:
+                    w.fail(e.message)
+            users: dict[Digest, list[_Work]] = {}
+            descs: dict[Digest, Descriptor] = {}
+            for w in works:
+                if w.error:
+                    continue
+                for d, desc in w.all_blobs().items():
+                    descs[d] = desc
+                    users.setdefault(d, []).append(w)
+            # biggest first: the long copies start early and the pool stays busy
+            order = sorted(descs, key=lambda d: -descs[d].size)
+            self.progress.start(sum(descs[d].size for d in order))
+            for fut in [pool.submit(self.blob, descs[d], users[d]) for d in order]:
+                fut.result()
+            for fut in [pool.submit(self.push, w) for w in works]:
+                fut.result()
+        return MirrorResult(
+            str(self.plan.target),
+            tuple(self._result(w) for w in works),
+            time.monotonic() - start,
+            self.client.requests - requests_before,
+        )
+
+    def _result(self, w: _Work) -> ImageResult:
+        digest = w.index.digest if w.index else w.plan.source.digest
+        assert digest is not None
+        platforms = (
+            tuple(sorted(str(d.platform) for d in w.index.descriptors() if d.platform and not d.is_attestation))
+            if w.index and w.index.is_index
+            else w.plan.platforms
+        )
+        return ImageResult(
+            name=w.plan.name,
+            source=str(w.plan.source),
+            target=str(w.plan.target.with_digest(digest)),
+            digest=digest,
+            platforms=platforms,
+            dropped_platforms=w.dropped,
+            tags=w.plan.tags,
+            tags_moved=tuple(w.tags_to_move) if not w.error else (),
+            extra_tags=tuple(t for t, _ in w.extras if t),
+            referrers=w.referrers,
+            up_to_date=w.up_to_date and not w.error,
+            blobs=len(w.all_blobs()),
+            blobs_sent=w.sent,
+            blobs_skipped=w.skipped,
+            blobs_mounted=w.mounted,
+            bytes_sent=w.bytes_sent,
+            manifests_pushed=w.manifests_pushed,
+            error=w.error,
+        )
+
+
+def mirror(
+    plan: MirrorPlan, client: RegistryClient, *, jobs: int = 8, progress: Progress | None = None
+) -> MirrorResult:
+    """Run the plan. Failures are per image (``ImageResult.error``); see ``check``."""
+    return _Mirror(plan, client, jobs, progress or NoProgress()).run()
+
+
+def check(result: MirrorResult) -> None:
+    """Raise ``MirrorError`` naming every image that failed."""
+    failed = [i for i in result.images if i.error]
+    if failed:
+        raise MirrorError(
+            f"{len(failed)} of {len(result.images)} image(s) were not mirrored to {result.target}; "
+            "their tags were not moved:\n" + "\n".join(f"  {i.name}: {i.error}" for i in failed),
+            hint="run the same command again: what is already there is skipped",
+        )

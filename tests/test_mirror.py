@@ -1,0 +1,349 @@
+"""archlift mirror: the pure plan, and real copies between distribution servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mirror_conftest_helpers as h
+import pytest
+from mirror_conftest_helpers import FaultProxy, PushedImage, blob, push_image
+
+from archlift.errors import ConfigError, MirrorError
+from archlift.localenv import LocalRegistry
+from archlift.lock import ComponentRelease, ReleaseLock
+from archlift.mirror import MirrorResult, Target, check, filter_platforms, mirror, plan_mirror
+from archlift.refs import Digest, ImageRef
+from archlift.registry import Manifest, RegistryClient
+
+no_docker_config = h.no_docker_config
+
+
+# ------------------------------------------------------------------ pure parts
+@pytest.mark.parametrize(
+    ("text", "registry", "prefix"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1:5000", ""),
+        ("registry.internal/mirror/x", "registry.internal", "mirror/x"),
+        ("localhost:5000/", "localhost:5000", ""),
+    ],
+)
+def test_target_parse(text: str, registry: str, prefix: str) -> None:
+    assert Target.parse(text) == Target(registry, prefix)
+
+
+@pytest.mark.parametrize("text", ["mirror", "registry.internal/Bad", "registry.internal/x:tag", "", "a b"])
+def test_target_parse_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="--to"):
+        Target.parse(text)
+
+
+def _lock(images: dict[str, PushedImage]) -> ReleaseLock:
+    return ReleaseLock(
+        components={
+            name: ComponentRelease(
+                name=name,
+                kind="built",
+                repository=img.ref.name,
+                index_digest=img.index,
+                platforms=dict(img.platforms),
+                tags=(img.ref.tag or "v1", "latest"),
+            )
+            for name, img in images.items()
+        }
+    )
+
+
+def test_plan_maps_repositories_and_checks_platforms() -> None:
+    d = Digest("sha256:" + "a" * 64)
+    lock = ReleaseLock(
+        components={
+            "app": ComponentRelease("app", "built", "src.example/team/app", d, {"linux/amd64": d}, ("v1",)),
+        }
+    )
+    plan = plan_mirror(lock, Target.parse("dst.example:5000/mirror"))
+    (img,) = plan.images
+    assert img.target == ImageRef("dst.example:5000", "mirror/team/app")
+    assert img.source == ImageRef("src.example", "team/app", None, d)
+    assert plan_mirror(lock, Target.parse("dst.example"), ["linux/arm64/v8", "linux/amd64"]).platforms == (
+        "linux/arm64",
+        "linux/amd64",
+    )
+    with pytest.raises(ConfigError, match="has none of these"):
+        plan_mirror(lock, Target.parse("dst.example"), ["linux/arm64"])
+    with pytest.raises(ConfigError, match="not a known platform"):
+        plan_mirror(lock, Target.parse("dst.example"), ["plan9/mips"])
+    with pytest.raises(ConfigError, match="onto itself"):
+        plan_mirror(lock, Target.parse("src.example"))
+    with pytest.raises(ConfigError, match="no component 'nope'"):
+        plan_mirror(lock, Target.parse("dst.example"), components=["nope"])
+
+
+def test_filter_platforms_drops_platform_and_its_attestation() -> None:
+    amd, arm = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": h.OCI_MANIFEST,
+                "digest": amd,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            },
+            {
+                "mediaType": h.OCI_MANIFEST,
+                "digest": arm,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "arm64"},
+            },
+            {
+                "mediaType": h.OCI_MANIFEST,
+                "digest": "sha256:" + "c" * 64,
+                "size": 1,
+                "platform": {"os": "unknown", "architecture": "unknown"},
+                "annotations": {
+                    "vnd.docker.reference.type": "attestation-manifest",
+                    "vnd.docker.reference.digest": arm,
+                },
+            },
+        ],
+    }
+    index = Manifest.of(json.dumps(doc).encode())
+    same, dropped = filter_platforms(index, ["linux/amd64", "linux/arm64"])
+    assert same is index and dropped == ()
+    new, dropped = filter_platforms(index, ["linux/amd64"])
+    assert dropped == ("linux/arm64",)
+    assert [str(d.digest) for d in new.descriptors()] == [amd]
+    assert new.digest != index.digest
+
+
+# ------------------------------------------------------------------ real registries
+@pytest.fixture
+def source() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def target() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+SHARED = blob(300 * 1024, seed=4242)
+
+
+def _release(client: RegistryClient, reg: LocalRegistry, n: int = 3, size: int = 64 * 1024) -> dict[str, PushedImage]:
+    out = {}
+    for i in range(n):
+        out[f"c{i}"] = push_image(
+            client,
+            reg.ref(f"rel/c{i}", "v1"),
+            seed=100 + i,
+            layer_size=size,
+            shared=SHARED,
+            signature=(i == 0),
+            referrer=(i == 0),
+        )
+    return out
+
+
+def _uploads(reg: LocalRegistry) -> int:
+    return reg.blob_uploads()
+
+
+def _assert_same(client: RegistryClient, images: dict[str, PushedImage], dst: LocalRegistry, prefix: str = "") -> None:
+    for img in images.values():
+        repo = ImageRef(dst.host, (prefix + "/" if prefix else "") + img.ref.repository)
+        for tag in ("v1", "latest"):
+            head = client.head_manifest(repo.with_tag(tag))
+            assert head is not None and head.digest == img.index, (repo, tag)
+        assert client.get_manifest(repo.with_digest(img.index)).digest == img.index
+        for d in img.manifests:
+            assert client.head_manifest(repo.with_digest(d)) is not None, d
+        for d in img.blobs:
+            assert client.blob_exists(repo, d)
+        if img.signature_tag:
+            sig = client.head_manifest(repo.with_tag(img.signature_tag))
+            src_sig = client.head_manifest(img.ref.with_tag(img.signature_tag))
+            assert sig is not None and src_sig is not None and sig.digest == src_sig.digest
+        if img.referrer:
+            assert [d.digest for d in client.referrers(repo, img.index)] == [img.referrer]
+
+
+def test_mirror_preserves_digests_sends_shared_blobs_once_and_remirror_sends_nothing(
+    source: LocalRegistry, target: LocalRegistry, no_docker_config: None, tmp_path: Path
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source)
+    plan = plan_mirror(_lock(images), Target.parse(f"{target.host}/mirror"))
+    result = mirror(plan, client, jobs=4)
+    check(result)
+    _assert_same(client, images, target, "mirror")
+    unique = set().union(*(img.blobs for img in images.values()))
+    assert _uploads(target) == len(unique)  # the shared layer and "{}" configs: sent once
+    assert sum(i.blobs_sent for i in result.images) == len(unique)
+    assert sum(i.blobs_mounted for i in result.images) >= 2  # the shared layer into two more repositories
+    c0 = next(i for i in result.images if i.name == "c0")
+    assert c0.extra_tags and c0.referrers >= 2
+
+    before = len(target.access_log())
+    again = mirror(plan, client, jobs=4)
+    check(again)
+    assert all(i.up_to_date for i in again.images)
+    assert again.bytes_sent == 0
+    new = target.access_log()[before:]
+    assert new and all(e.method == "HEAD" and "/manifests/" in e.path for e in new), new
+
+
+def test_mirror_through_fault_proxy(source: LocalRegistry, target: LocalRegistry, no_docker_config: None) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=3, size=1024 * 1024)
+    with FaultProxy(target.host, every=3, delay=0.2) as proxy, FaultProxy(source.host, every=3) as src_proxy:
+        # the lock names the source through its own proxy too
+        lock = _lock(
+            {
+                k: PushedImage(ImageRef.parse(f"{src_proxy.host}/{v.ref.repository}:v1"), v.index, v.platforms)
+                for k, v in images.items()
+            }
+        )
+        flaky = RegistryClient(backoff=0.01, retries=10)
+        result = mirror(plan_mirror(lock, Target.parse(proxy.host)), flaky, jobs=4)
+        check(result)
+        assert sum(proxy.faults.values()) >= 10 and all(proxy.faults.values())
+        assert sum(src_proxy.faults.values()) >= 5
+    _assert_same(client, images, target)
+
+
+def test_mirror_into_tls_auth_registry(
+    source: LocalRegistry,
+    tls_auth: LocalRegistry,
+    no_docker_config: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=2)
+    monkeypatch.setenv(
+        "ARCHLIFT_AUTH_" + tls_auth.host.replace(".", "_").replace(":", "_"), f"{tls_auth.username}:{tls_auth.password}"
+    )
+    secure = RegistryClient(ca_file=str(tls_auth.ca_file))
+    result = mirror(plan_mirror(_lock(images), Target.parse(f"{tls_auth.host}/m")), secure, jobs=4)
+    check(result)
+    _assert_same(secure, images, tls_auth, "m")
+    text = json.dumps(result.to_json())
+    assert tls_auth.password and tls_auth.password not in text
+
+
+@pytest.fixture
+def tls_auth() -> Iterator[LocalRegistry]:
+    with LocalRegistry(tls=True, auth=True) as reg:
+        yield reg
+
+
+def test_corrupted_blob_fails_that_image_and_moves_no_tag(
+    source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=2)
+    bad = images["c1"]
+    victim = next(d for d in bad.blobs if len(client.get_blob(bad.ref, d)) == 64 * 1024)
+    path = source.storage_dir / "docker/registry/v2/blobs/sha256" / victim.hex[:2] / victim.hex / "data"
+    data = path.read_bytes()
+    path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+    result = mirror(plan_mirror(_lock(images), Target.parse(target.host)), client, jobs=2)
+    with pytest.raises(MirrorError, match=rf"c1: blob {victim} of {source.host}/rel/c1"):
+        check(result)
+    assert client.head_manifest(target.ref("rel/c1", "v1")) is None
+    assert client.head_manifest(target.ref("rel/c0", "v1")) is not None
+    assert not client.blob_exists(target.ref("rel/c1"), victim)
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archlift", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def test_cli_mirror_report_and_bad_input(
+    source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=2)
+    _lock(images).write(tmp_path / "dist/release.json")
+    bad = _cli("mirror", "--to", "nohost", cwd=tmp_path)
+    assert bad.returncode == 2 and "REGISTRY[/PREFIX]" in bad.stderr
+    assert _cli("mirror", "--to", target.host, "--jobs", "0", cwd=tmp_path).returncode == 2
+    assert _cli("mirror", "--to", target.host, "--lock", "nope.json", cwd=tmp_path).returncode == 2
+    out = _cli("mirror", "--to", f"{target.host}/x", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] and len(data["images"]) == 2
+    report = json.loads((tmp_path / "dist/mirror-report.json").read_text())
+    assert report["images"] == data["images"]
+    text = _cli("mirror", "--to", f"{target.host}/x", cwd=tmp_path)
+    assert text.returncode == 0 and "2 image(s) were up to date" in text.stdout
+
+
+def test_platform_filter_records_new_index(
+    source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=1)
+    result = mirror(plan_mirror(_lock(images), Target.parse(target.host), ["linux/arm64"]), client)
+    check(result)
+    (img,) = result.images
+    assert img.dropped_platforms == ("linux/amd64",) and img.platforms == ("linux/arm64",)
+    assert img.digest != images["c0"].index
+    assert client.index_platforms(target.ref("rel/c0", "v1")) == {"linux/arm64": images["c0"].platforms["linux/arm64"]}
+    amd_layers = client.get_manifest(source.ref("rel/c0").with_digest(images["c0"].platforms["linux/amd64"]))
+    assert not client.blob_exists(target.ref("rel/c0"), amd_layers.descriptors()[-1].digest)
+
+
+def test_killed_mirror_resumes_sending_only_what_is_missing(
+    source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = _release(client, source, n=4, size=24 * 1024 * 1024)
+    _lock(images).write(tmp_path / "dist/release.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while _uploads(target) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    time.sleep(0.5)  # an upload fully sent before the kill may still be committed and logged
+    first = _uploads(target)
+    unique = set().union(*(img.blobs for img in images.values()))
+    assert 0 < first < len(unique), "the mirror should have been killed midway"
+    out = _cli("mirror", "--to", target.host, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert _uploads(target) == len(unique)  # nothing uploaded twice
+    assert result["blobs_sent"] == len(unique) - first
+    _assert_same(client, images, target)
+
+
+def test_result_summary_mentions_failures() -> None:
+    from archlift.mirror import ImageResult
+
+    r = MirrorResult("t", (ImageResult("a", "s", "t/a@x", Digest("sha256:" + "a" * 64), (), error="boom"),), 1.0)
+    assert not r.ok and "FAILED: boom" in r.summary()
+    with pytest.raises(MirrorError, match="a: boom"):
+        check(r)
