@@ -1,0 +1,463 @@
+"""Reproducible images: build a component twice from empty caches and compare.
+
+Both builds set ``SOURCE_DATE_EPOCH`` to the upstream commit's committer time
+(build arg and environment) and export an OCI layout with BuildKit's
+``rewrite-timestamp=true``, so file times in the layers, the image configs'
+``created`` and the layout's annotations come from the commit, not the clock.
+``--no-cache`` and no registry cache import make each build start empty.
+
+Attestations: BuildKit's provenance records ``buildStartedOn`` /
+``buildFinishedOn`` and the build's invocation ID, so two builds of the same
+inputs never give the same provenance, and an index that lists attestation
+manifests cannot keep its digest. By default both builds therefore run with
+provenance and SBOM off and the *index digests* must be equal. With
+``attestations=True`` the builds use the images.yaml settings; then every
+*platform manifest* must be equal, and the attestation documents that differ
+are listed with the JSON fields that differ (expected: timestamps and IDs).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildError, ConfigError
+from .model import Component, Config
+from .ocilayout import Layout
+from .refs import Digest
+from .registry import Descriptor, Manifest
+
+Say = Callable[[str], None]
+
+ATTESTATIONS_OFF = (
+    "attestations: off for both builds (BuildKit provenance carries build start/finish times and an "
+    "invocation ID); compared: the image index, its platform manifests, configs and layers"
+)
+ATTESTATIONS_ON = (
+    "attestations: as images.yaml sets them; provenance carries build times and an invocation ID, so the "
+    "index digest is not compared: every platform manifest (config and layers) must be equal, and the "
+    "attestation documents that differ are listed"
+)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The first place where two builds differ."""
+
+    platform: str  # "linux/arm64", or "" for the index itself
+    what: str  # index | platforms | manifest | config | layer | attestation
+    detail: str
+    first: Digest | None = None
+    second: Digest | None = None
+    layer: int | None = None  # 1-based position in the manifest's layers
+    path: str = ""  # the file inside the layer, or the JSON path in a config / attestation
+
+    def describe(self) -> str:
+        where = self.platform or "index"
+        text = f"{where}: {self.what}"
+        if self.layer is not None:
+            text += f" {self.layer}"
+        if self.first and self.second:
+            text += f" ({self.first.short()} vs {self.second.short()})"
+        if self.path:
+            text += f": {self.path}"
+        return f"{text}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    first: Digest
+    second: Digest
+    platforms: dict[str, tuple[Digest, Digest | None]]  # platform -> (first, second) manifest digests
+    differences: tuple[Difference, ...] = ()  # image differences, first one first
+    attestation_differences: tuple[Difference, ...] = ()
+
+    @property
+    def same_index(self) -> bool:
+        return self.first == self.second
+
+    @property
+    def same_images(self) -> bool:
+        return not self.differences
+
+
+@dataclass(frozen=True)
+class Result:
+    component: str
+    epoch: int
+    commit: str
+    attestations: bool
+    comparison: Comparison
+    kept: tuple[Path, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        if self.attestations:
+            return self.comparison.same_images
+        return self.comparison.same_index
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.comparison
+        return {
+            "component": self.component,
+            "reproducible": self.ok,
+            "source_date_epoch": self.epoch,
+            "commit": self.commit,
+            "attestations": self.attestations,
+            "policy": ATTESTATIONS_ON if self.attestations else ATTESTATIONS_OFF,
+            "index": [str(c.first), str(c.second)],
+            "platforms": {p: [str(a), str(b) if b else None] for p, (a, b) in sorted(c.platforms.items())},
+            "differences": [d.describe() for d in c.differences],
+            "attestation_differences": [d.describe() for d in c.attestation_differences],
+            "kept": [str(p) for p in self.kept],
+        }
+
+    def text(self) -> str:
+        c = self.comparison
+        lines = [
+            f"{self.component}: two builds from empty caches, SOURCE_DATE_EPOCH={self.epoch} "
+            f"(committer time of {self.commit[:12]}), layer timestamps rewritten",
+            ATTESTATIONS_ON if self.attestations else ATTESTATIONS_OFF,
+            f"  build 1: {c.first}",
+            f"  build 2: {c.second}",
+        ]
+        for platform, (a, b) in sorted(c.platforms.items()):
+            mark = "same" if a == b else "DIFFERENT"
+            lines.append(f"  {platform:<14} {a.short()} {b.short() if b else '-':<12} {mark}")
+        if c.differences:
+            lines.append(f"NOT reproducible: first difference: {c.differences[0].describe()}")
+            lines += [f"  then: {d.describe()}" for d in c.differences[1:6]]
+        for d in c.attestation_differences[:8]:
+            lines.append(f"  attestation (expected to differ): {d.describe()}")
+        if self.ok:
+            what = "index digests are equal" if c.same_index else "platform manifests are equal"
+            lines.append(f"reproducible: the {what}")
+        for p in self.kept:
+            lines.append(f"  kept: {p}")
+        return "\n".join(lines)
+
+
+# --- building -----------------------------------------------------------------
+
+
+def buildx_argv(
+    config: Config,
+    comp: Component,
+    context: Path,
+    dockerfile: Path,
+    args: dict[str, str],
+    labels: dict[str, str],
+    dest: Path,
+    metadata: Path,
+    epoch: int,
+    *,
+    attestations: bool,
+) -> list[str]:
+    """``docker buildx build`` from an empty cache to an OCI layout with rewritten timestamps."""
+    assert comp.build is not None
+    argv = ["docker", "buildx", "build", "--no-cache", "--progress=plain"]
+    if config.builder:
+        argv += ["--builder", config.builder]
+    argv += ["--platform", ",".join(str(p) for p in comp.platforms), "--file", str(dockerfile)]
+    if comp.build.target:
+        argv += ["--target", comp.build.target]
+    for key, value in sorted({**args, "SOURCE_DATE_EPOCH": str(epoch)}.items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    for name, value in sorted(comp.build.contexts.items()):
+        argv += ["--build-context", f"{name}={value}"]
+    for key, value in sorted(labels.items()):
+        argv += ["--label", f"{key}={value}"]
+    if attestations and config.provenance:
+        argv.append("--provenance=mode=min")
+    else:
+        argv.append("--provenance=false")
+    if attestations and config.sbom:
+        argv.append(f"--sbom=generator={config.sbom_generator}" if config.sbom_generator else "--sbom=true")
+    else:
+        argv.append("--sbom=false")
+    argv += [
+        "--output",
+        f"type=oci,dest={dest},tar=false,rewrite-timestamp=true",
+        "--metadata-file",
+        str(metadata),
+        str(context),
+    ]
+    return argv
+
+
+def verify_component(
+    config: Config,
+    name: str,
+    *,
+    attestations: bool = False,
+    keep: Path | None = None,
+    say: Say = lambda _: None,
+) -> Result:
+    """Build ``name`` twice from empty caches and compare the two OCI layouts."""
+    from .build import _labels, inputs_for, workspace
+    from .proc import run
+
+    comp = config.components.get(name)
+    if comp is None:
+        raise ConfigError(f"no component '{name}' in {config.path}", hint=f"known: {', '.join(config.components)}")
+    if comp.mirror or comp.build is None:
+        raise ConfigError(f"'{name}' is mirrored, not built: there is nothing to reproduce")
+    with workspace(config) as ws:
+        inputs, resolved, _ = inputs_for(ws, comp)
+        tree = ws.tree(comp)
+        epoch = resolved.commit_time
+        context = tree.path / comp.build.context
+        dockerfile = comp.build.dockerfile_local or (tree.path / comp.build.dockerfile)
+        labels = {k: v for k, v in _labels(comp, resolved).items() if v}
+        work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=ws.root))
+        layouts: list[Path] = []
+        digests: list[Digest] = []
+        for n in (1, 2):
+            dest = work / f"build{n}"
+            metadata = work / f"build{n}.metadata.json"
+            argv = buildx_argv(
+                config, comp, context, dockerfile, inputs.args, labels, dest, metadata, epoch, attestations=attestations
+            )
+            say(f"{name}: build {n} of 2 (no cache, SOURCE_DATE_EPOCH={epoch})")
+            run(
+                argv,
+                env={"SOURCE_DATE_EPOCH": str(epoch)},
+                error=BuildError,
+                context=f"{name}: reproducibility build {n}",
+                timeout=3600,
+            )
+            try:
+                digests.append(Digest.parse(json.loads(metadata.read_text())["containerimage.digest"]))
+            except (OSError, KeyError, ValueError) as e:
+                raise BuildError(f"{name}: build {n} wrote no image digest to its metadata file ({e})") from e
+            layouts.append(dest)
+        comparison = compare_layouts(Layout(layouts[0]), Layout(layouts[1]), digests[0], digests[1])
+        kept: tuple[Path, ...] = ()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            kept_paths = []
+            for n, path in enumerate(layouts, 1):
+                target = keep / f"{name}-build{n}"
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.move(str(path), target)
+                kept_paths.append(target)
+            kept = tuple(kept_paths)
+        return Result(name, epoch, resolved.commit, attestations, comparison, kept)
+
+
+# --- comparing ----------------------------------------------------------------
+
+
+def _platforms(layout: Layout, index: Manifest) -> tuple[dict[str, Descriptor], dict[str, Descriptor]]:
+    """Platform -> image manifest, and platform -> attestation manifest (by the subject it names)."""
+    images: dict[str, Descriptor] = {}
+    by_digest: dict[str, str] = {}
+    for desc in index.descriptors():
+        if not desc.is_attestation and desc.platform:
+            images[str(desc.platform)] = desc
+            by_digest[str(desc.digest)] = str(desc.platform)
+    attestations: dict[str, Descriptor] = {}
+    for desc in index.descriptors():
+        if desc.is_attestation:
+            subject = desc.annotations.get("vnd.docker.reference.digest", "")
+            attestations[by_digest.get(subject, subject)] = desc
+    return images, attestations
+
+
+def compare_layouts(a: Layout, b: Layout, first: Digest, second: Digest) -> Comparison:
+    index_a, index_b = a.manifest(first), b.manifest(second)
+    if not index_a.is_index:
+        # One platform exported as a bare manifest: compare it as the only "platform".
+        images_a = {"image": index_a.descriptor()}
+        images_b = {"image": b.manifest(second).descriptor()}
+        att_a: dict[str, Descriptor] = {}
+        att_b: dict[str, Descriptor] = {}
+    else:
+        images_a, att_a = _platforms(a, index_a)
+        images_b, att_b = _platforms(b, index_b)
+    platforms = {p: (d.digest, images_b[p].digest if p in images_b else None) for p, d in images_a.items()}
+    diffs: list[Difference] = []
+    if set(images_a) != set(images_b):
+        diffs.append(Difference("", "platforms", f"build 1 has {sorted(images_a)}, build 2 has {sorted(images_b)}"))
+    for platform in sorted(set(images_a) & set(images_b)):
+        da, db = images_a[platform], images_b[platform]
+        if da.digest != db.digest:
+            diffs += list(_compare_images(a, b, platform, da, db))
+    if first != second and not diffs and not index_a.is_index:
+        diffs.append(Difference("", "index", "the documents differ", first, second))
+    att_diffs: list[Difference] = []
+    for platform in sorted(set(att_a) & set(att_b)):
+        if att_a[platform].digest != att_b[platform].digest:
+            att_diffs += list(_compare_attestations(a, b, platform, att_a[platform], att_b[platform]))
+    if first != second and not diffs and not att_diffs and index_a.is_index:
+        for path in _json_paths(index_a.json(), index_b.json()):
+            att_diffs.append(Difference("", "index", "the index documents differ", first, second, path=path))
+    return Comparison(first, second, platforms, tuple(diffs), tuple(att_diffs))
+
+
+def _compare_images(a: Layout, b: Layout, platform: str, da: Descriptor, db: Descriptor) -> Iterator[Difference]:
+    ma, mb = a.manifest(da.digest, da.media_type), b.manifest(db.digest, db.media_type)
+    ca, cb = ma.config, mb.config
+    if ca and cb and ca.digest != cb.digest:
+        paths = _json_paths(json.loads(a.read(ca.digest)), json.loads(b.read(cb.digest)))
+        yield Difference(
+            platform, "config", "the image configs differ", ca.digest, cb.digest, path=", ".join(paths[:5])
+        )
+    layers_a = [d for d in ma.descriptors() if d != ca]
+    layers_b = [d for d in mb.descriptors() if d != cb]
+    if len(layers_a) != len(layers_b):
+        yield Difference(platform, "manifest", f"{len(layers_a)} layers vs {len(layers_b)}", da.digest, db.digest)
+    for n, (la, lb) in enumerate(zip(layers_a, layers_b, strict=False), 1):
+        if la.digest != lb.digest:
+            where, detail = compare_layer_blobs(a.read(la.digest), b.read(lb.digest), la.media_type)
+            yield Difference(platform, "layer", detail, la.digest, lb.digest, layer=n, path=where)
+            return  # the first differing layer is named; later ones usually follow from it
+    if not (ca and cb and ca.digest != cb.digest) and len(layers_a) == len(layers_b):
+        paths = _json_paths(ma.json(), mb.json())
+        yield Difference(platform, "manifest", "the manifests differ", da.digest, db.digest, path=", ".join(paths[:5]))
+
+
+def _compare_attestations(a: Layout, b: Layout, platform: str, da: Descriptor, db: Descriptor) -> Iterator[Difference]:
+    ma, mb = a.manifest(da.digest, da.media_type), b.manifest(db.digest, db.media_type)
+    layers_a, layers_b = _attestation_parts(ma), _attestation_parts(mb)
+    for kind in sorted(set(layers_a) & set(layers_b)):
+        la, lb = layers_a[kind], layers_b[kind]
+        if la.digest == lb.digest:
+            continue
+        try:
+            paths = _json_paths(json.loads(a.read(la.digest)), json.loads(b.read(lb.digest)))
+        except ValueError:
+            paths = ["(not JSON)"]
+        yield Difference(f"{platform} attestation", kind, "differs", la.digest, lb.digest, path=", ".join(paths[:6]))
+
+
+def _attestation_parts(manifest: Manifest) -> dict[str, Descriptor]:
+    """An attestation manifest's blobs by what they are: "config", or the in-toto predicate type."""
+    config = manifest.config
+    out = {}
+    for n, desc in enumerate(manifest.descriptors()):
+        if config is not None and desc == config:
+            out["config"] = desc
+        else:
+            out[desc.annotations.get("in-toto.io/predicate-type", f"layer {n}")] = desc
+    return out
+
+
+def _json_paths(x: Any, y: Any, prefix: str = "") -> list[str]:
+    """The JSON paths at which two documents differ (first ones first)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        out: list[str] = []
+        for key in sorted(set(x) | set(y)):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in x or key not in y:
+                out.append(where + (" (only in build 2)" if key not in x else " (only in build 1)"))
+            else:
+                out += _json_paths(x[key], y[key], where)
+        return out
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        out = []
+        for i, (p, q) in enumerate(zip(x, y, strict=True)):
+            out += _json_paths(p, q, f"{prefix}[{i}]")
+        return out
+    return [] if x == y else [prefix or "(document)"]
+
+
+# --- layers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    size: int
+    linkname: str
+    sha256: str
+    extra: dict[str, str] = field(default_factory=dict, hash=False)  # pax headers, uname, gname
+
+
+def _decompress(blob: bytes, media_type: str) -> bytes:
+    if media_type.endswith("+zstd") or blob[:4] == b"\x28\xb5\x2f\xfd":
+        raise ValueError("zstd")
+    if media_type.endswith("gzip") or blob[:2] == b"\x1f\x8b":
+        return gzip.decompress(blob)
+    return blob
+
+
+def members(blob: bytes, media_type: str = "") -> list[Member]:
+    """The entries of a layer (tar, tar+gzip), in order, with a hash of each file's content."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(_decompress(blob, media_type)), mode="r:") as tar:
+        for info in tar:
+            digest = ""
+            if info.isfile():
+                f = tar.extractfile(info)
+                digest = hashlib.sha256(f.read() if f else b"").hexdigest()
+            extra = {f"pax:{k}": v for k, v in info.pax_headers.items()}
+            extra.update({"uname": info.uname, "gname": info.gname})
+            kind = "file" if info.isfile() else "dir" if info.isdir() else "symlink" if info.issym() else "other"
+            if info.islnk():
+                kind = "hardlink"
+            out.append(
+                Member(info.name, kind, info.mode, info.uid, info.gid, info.mtime, info.size, info.linkname, digest,
+                       extra)
+            )  # fmt: skip
+    return out
+
+
+_FIELDS = ("type", "sha256", "size", "mode", "uid", "gid", "mtime", "linkname", "extra")
+
+
+def compare_layer_blobs(blob_a: bytes, blob_b: bytes, media_type: str = "") -> tuple[str, str]:
+    """(file, what differs) for the first entry that differs between two layers."""
+    try:
+        ma, mb = members(blob_a, media_type), members(blob_b, media_type)
+    except ValueError as e:
+        if str(e) == "zstd":
+            return "", "zstd-compressed layers differ (archlift lists gzip and plain tar layers only)"
+        raise
+    except (tarfile.TarError, OSError) as e:
+        return "", f"the layers differ and one is not a readable tar ({e})"
+    by_name_b = {m.name: m for m in mb}
+    names_a = {m.name for m in ma}
+    for m in ma:
+        other = by_name_b.get(m.name)
+        if other is None:
+            return m.name, "only in build 1"
+        for name in _FIELDS:
+            x, y = getattr(m, name), getattr(other, name)
+            if x != y:
+                what = "content differs" if name == "sha256" else f"{name} {_show(name, x)} vs {_show(name, y)}"
+                return m.name, what
+    for m in mb:
+        if m.name not in names_a:
+            return m.name, "only in build 2"
+    if [m.name for m in ma] != [m.name for m in mb]:
+        return "", "the same entries in a different order"
+    if len(blob_a) != len(blob_b) or blob_a != blob_b:
+        try:
+            if _decompress(blob_a, media_type) == _decompress(blob_b, media_type):
+                return "", "the same tar, compressed differently"
+        except ValueError:
+            pass
+    return "", "the same entries; the tar headers or padding differ"
+
+
+def _show(name: str, value: Any) -> str:
+    if name == "mode":
+        return oct(value)
+    if name == "mtime":
+        return str(int(value))
+    return repr(value) if isinstance(value, str | dict) else str(value)
