@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -99,9 +99,15 @@ class MirrorPlan:
 
 
 def plan_mirror(
-    lock: ReleaseLock, target: Target, platforms: Sequence[str] = (), components: Sequence[str] = ()
+    lock: ReleaseLock,
+    target: Target,
+    platforms: Sequence[str] = (),
+    components: Sequence[str] = (),
+    *,
+    onto_itself: bool = False,
 ) -> MirrorPlan:
-    """Which images go where (pure: no registry is asked)."""
+    """Which images go where (pure: no registry is asked). ``onto_itself`` allows a
+    target equal to the source (an import restores a release where it came from)."""
     wanted = []
     for p in platforms:
         try:
@@ -115,7 +121,7 @@ def plan_mirror(
     for comp in sorted(chosen, key=lambda c: c.name):
         dst = target.map(comp.repository)
         src = ImageRef.parse(comp.repository)
-        if src.registry == dst.registry and src.repository == dst.repository:
+        if src.registry == dst.registry and src.repository == dst.repository and not onto_itself:
             raise ConfigError(f"--to {target}: component '{comp.name}' would be copied onto itself ({src.name})")
         if wanted and not set(wanted) & set(comp.platforms):
             raise ConfigError(
@@ -234,7 +240,7 @@ class NoProgress:
 
 # ---------------------------------------------------------------------- the work
 @dataclass(eq=False)
-class _Tree:
+class Tree:
     """Manifests in push order (children first) and the blobs they need."""
 
     manifests: list[Manifest] = field(default_factory=list)
@@ -242,13 +248,15 @@ class _Tree:
 
 
 @dataclass(eq=False)
-class _Work:
+class Work:
+    """One image on its way: what the source has and the target lacks."""
+
     plan: ImagePlan
     index: Manifest | None = None
     dropped: tuple[str, ...] = ()
     up_to_date: bool = False
-    tree: _Tree = field(default_factory=_Tree)  # the index and what it holds, when the target lacks it
-    extras: list[tuple[str, _Tree]] = field(default_factory=list)  # tag -> tree (its last manifest is tagged)
+    tree: Tree = field(default_factory=Tree)  # the index and what it holds, when the target lacks it
+    extras: list[tuple[str, Tree]] = field(default_factory=list)  # tag ("" = by digest) -> tree, top last
     referrers: int = 0
     tags_to_move: list[str] = field(default_factory=list)
     sent: int = 0
@@ -270,14 +278,14 @@ class _Work:
         return out
 
 
-def _collect(client: RegistryClient, repo: ImageRef, manifest: Manifest, tree: _Tree, seen: set[Digest]) -> None:
+def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
     """Add ``manifest``, everything below it first, to ``tree``."""
     if manifest.digest in seen:
         return
     seen.add(manifest.digest)
     for d in manifest.descriptors():
         if manifest.is_index and d.is_manifest:
-            _collect(client, repo, client.get_manifest(repo.with_digest(d.digest)), tree, seen)
+            collect(fetch, fetch(d.digest), tree, seen)
         else:
             tree.blobs[d.digest] = d
     tree.manifests.append(manifest)
@@ -304,77 +312,113 @@ def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifes
     return new, tuple(sorted(dropped))
 
 
-class _Mirror:
-    def __init__(self, plan: MirrorPlan, client: RegistryClient, jobs: int, progress: Progress) -> None:
-        self.plan = plan
+class Source(Protocol):
+    """Where images come from: a registry (``RegistrySource``) or a bundle (``archlift.airgap``)."""
+
+    def manifest(self, image: ImagePlan, digest: Digest) -> Manifest:
+        """A manifest of ``image``, verified."""
+        ...
+
+    def linked(self, image: ImagePlan, subjects: set[Digest]) -> tuple[list[Digest], list[tuple[str, Digest]]]:
+        """What refers to ``subjects``: referrer manifests by digest, and ``(tag, digest)`` of referrer/cosign tags."""
+        ...
+
+    def send(self, image: ImagePlan, dst: ImageRef, desc: Descriptor, location: str | None, progress: Progress) -> int:
+        """Upload one blob to ``dst`` (at an open upload ``location`` if given); the bytes sent."""
+        ...
+
+    def mount_from(self, image: ImagePlan, dst: ImageRef) -> ImageRef | None:
+        """A repository in ``dst``'s registry that holds the image's blobs already, if any."""
+        ...
+
+
+class RegistrySource:
+    def __init__(self, client: RegistryClient) -> None:
         self.client = client
-        self.jobs = max(1, jobs)
-        self.progress = progress
 
-    # --- discovery (per image) ---------------------------------------
-    def discover(self, w: _Work) -> None:
-        c, src, dst = self.client, w.plan.source, w.plan.target
-        source_index = c.get_manifest(src)  # verified against the lock's digest
-        w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
-        target_ref = dst.with_digest(w.index.digest)
-        w.up_to_date = c.head_manifest(target_ref) is not None
-        if not w.up_to_date:
-            seen: set[Digest] = set()
-            if w.index is not source_index:
-                for d in w.index.descriptors():
-                    _collect(c, src, c.get_manifest(src.with_digest(d.digest)), w.tree, seen)
-                w.tree.manifests.append(w.index)
-            else:
-                _collect(c, src, w.index, w.tree, seen)
-        subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
-        self._referrers(w, subjects)
-        for tag in w.plan.tags:
-            have = c.head_manifest(dst.with_tag(tag))
-            if have is None or have.digest != w.index.digest:
-                w.tags_to_move.append(tag)
-        if w.tags_to_move or w.tree.manifests or w.extras:
-            w.up_to_date = False
+    def manifest(self, image: ImagePlan, digest: Digest) -> Manifest:
+        return self.client.get_manifest(image.source.with_digest(digest))
 
-    def _referrers(self, w: _Work, subjects: set[Digest]) -> None:
-        c, src, dst = self.client, w.plan.source, w.plan.target
-        referrer_manifests: set[Digest] = set()
+    def linked(self, image: ImagePlan, subjects: set[Digest]) -> tuple[list[Digest], list[tuple[str, Digest]]]:
+        c, src = self.client, image.source
+        referrers: set[Digest] = set()
         if c.referrers_api(src):
             for subject in sorted(subjects):
-                for d in c.referrers(src, subject):
-                    referrer_manifests.add(d.digest)
-        for digest in sorted(referrer_manifests):
-            w.referrers += 1
-            if c.head_manifest(dst.with_digest(digest)) is None:
-                tree = _Tree()
-                _collect(c, src, c.get_manifest(src.with_digest(digest)), tree, set())
-                w.extras.append(("", tree))
+                referrers.update(d.digest for d in c.referrers(src, subject))
+        tagged = []
         for tag in sorted(c.list_tags(src)):
             points_at = cosign_tag_of(tag)
             if points_at is None or points_at not in subjects:
                 continue
             desc = c.head_manifest(src.with_tag(tag))
-            if desc is None:
-                continue
+            if desc is not None:
+                tagged.append((tag, desc.digest))
+        return sorted(referrers), tagged
+
+    def send(self, image: ImagePlan, dst: ImageRef, desc: Descriptor, location: str | None, progress: Progress) -> int:
+        return self.client.copy_blob(image.source, dst, desc, location=location, progress=progress.advance)
+
+    def mount_from(self, image: ImagePlan, dst: ImageRef) -> ImageRef | None:
+        return image.source if image.source.registry == dst.registry else None
+
+
+class _Mirror:
+    def __init__(self, plan: MirrorPlan, source: Source, client: RegistryClient, jobs: int, progress: Progress) -> None:
+        self.plan = plan
+        self.source = source
+        self.client = client
+        self.jobs = max(1, jobs)
+        self.progress = progress
+
+    # --- discovery (per image) ---------------------------------------
+    def discover(self, w: Work) -> None:
+        c, dst, image = self.client, w.plan.target, w.plan
+        assert image.source.digest is not None
+
+        def fetch(d: Digest) -> Manifest:
+            return self.source.manifest(image, d)
+
+        source_index = fetch(image.source.digest)
+        w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
+        if c.head_manifest(dst.with_digest(w.index.digest)) is None:
+            seen: set[Digest] = set()
+            if w.index is not source_index:
+                for d in w.index.descriptors():
+                    collect(fetch, fetch(d.digest), w.tree, seen)
+                w.tree.manifests.append(w.index)
+            else:
+                collect(fetch, w.index, w.tree, seen)
+        subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
+        referrers, tagged = self.source.linked(image, subjects)
+        for digest in referrers:
+            w.referrers += 1
+            if c.head_manifest(dst.with_digest(digest)) is None:
+                tree = Tree()
+                collect(fetch, fetch(digest), tree, set())
+                w.extras.append(("", tree))
+        for tag, digest in tagged:
             w.referrers += 1
             have = c.head_manifest(dst.with_tag(tag))
-            if have is not None and have.digest == desc.digest:
-                continue
-            tree = _Tree()
-            _collect(c, src, c.get_manifest(src.with_digest(desc.digest)), tree, set())
-            w.extras.append((tag, tree))
+            if have is None or have.digest != digest:
+                tree = Tree()
+                collect(fetch, fetch(digest), tree, set())
+                w.extras.append((tag, tree))
+        for tag in image.tags:
+            have = c.head_manifest(dst.with_tag(tag))
+            if have is None or have.digest != w.index.digest:
+                w.tags_to_move.append(tag)
+        w.up_to_date = not (w.tags_to_move or w.tree.manifests or w.extras)
 
     # --- blobs (per digest, across images) -----------------------------
-    def blob(self, desc: Descriptor, users: list[_Work]) -> None:
+    def blob(self, desc: Descriptor, users: list[Work]) -> None:
         """One blob into every target repository that needs it: HEAD, then send once, mount elsewhere."""
         c = self.client
-        by_repo: dict[str, list[_Work]] = {}
+        by_repo: dict[str, list[Work]] = {}
         for w in users:
             by_repo.setdefault(w.plan.target.repository, []).append(w)
-        home: ImageRef | None = None
         first = users[0]
-        same_host = first.plan.source.registry == first.plan.target.registry
-        if same_host:
-            home = first.plan.source
+        origin = self.source.mount_from(first.plan, first.plan.target)
+        home = origin
         for works in by_repo.values():
             w = works[0]
             dst = w.plan.target
@@ -385,20 +429,19 @@ class _Mirror:
                     if location is None:
                         w.mounted += 1
                         self.progress.advance(desc.size)
-                        home = home if same_host else dst
+                        home = origin or dst
                         continue
                 elif c.blob_exists(dst, desc.digest):
                     w.skipped += 1
                     self.progress.advance(desc.size)
                     home = dst
                     continue
-                n = c.copy_blob(w.plan.source, dst, desc, location=location, progress=self.progress.advance)
+                w.bytes_sent += self.source.send(w.plan, dst, desc, location, self.progress)
                 w.sent += 1
-                w.bytes_sent += n
-                home = home if same_host else dst
+                home = origin or dst
             except DigestMismatch as e:
                 for other in works:
-                    other.fail(f"blob {desc.digest} of {w.plan.source.name}: {e.message}")
+                    other.fail(e.message)
             except RegistryError as e:
                 for other in works:
                     other.fail(f"blob {desc.digest.short()}: {e.message}")
@@ -407,7 +450,7 @@ class _Mirror:
                     other.skipped += 1
 
     # --- manifests and tags (per image) --------------------------------
-    def push(self, w: _Work) -> None:
+    def push(self, w: Work) -> None:
         if w.error or w.index is None:
             return
         c, dst = self.client, w.plan.target
@@ -417,10 +460,8 @@ class _Mirror:
                 w.manifests_pushed += 1
             for tag, tree in w.extras:
                 for n, m in enumerate(tree.manifests):
-                    last = n == len(tree.manifests) - 1
-                    c.put_manifest(
-                        dst.with_tag(tag) if (last and tag) else dst.with_digest(m.digest), m.raw, m.media_type
-                    )
+                    top = n == len(tree.manifests) - 1
+                    c.put_manifest(dst.with_tag(tag) if top and tag else dst.with_digest(m.digest), m.raw, m.media_type)
                     w.manifests_pushed += 1
             # only now, with everything of the image present, move its tags
             for tag in w.tags_to_move:
@@ -431,14 +472,14 @@ class _Mirror:
     def run(self) -> MirrorResult:
         start = time.monotonic()
         requests_before = self.client.requests
-        works = [_Work(p) for p in self.plan.images]
+        works = [Work(p) for p in self.plan.images]
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror") as pool:
             for w, fut in [(w, pool.submit(self.discover, w)) for w in works]:
                 try:
                     fut.result()
                 except RegistryError as e:
                     w.fail(e.message)
-            users: dict[Digest, list[_Work]] = {}
+            users: dict[Digest, list[Work]] = {}
             descs: dict[Digest, Descriptor] = {}
             for w in works:
                 if w.error:
@@ -460,7 +501,7 @@ class _Mirror:
             self.client.requests - requests_before,
         )
 
-    def _result(self, w: _Work) -> ImageResult:
+    def _result(self, w: Work) -> ImageResult:
         digest = w.index.digest if w.index else w.plan.source.digest
         assert digest is not None
         platforms = (
@@ -491,10 +532,16 @@ class _Mirror:
 
 
 def mirror(
-    plan: MirrorPlan, client: RegistryClient, *, jobs: int = 8, progress: Progress | None = None
+    plan: MirrorPlan,
+    client: RegistryClient,
+    *,
+    jobs: int = 8,
+    progress: Progress | None = None,
+    source: Source | None = None,
 ) -> MirrorResult:
-    """Run the plan. Failures are per image (``ImageResult.error``); see ``check``."""
-    return _Mirror(plan, client, jobs, progress or NoProgress()).run()
+    """Run the plan with ``client`` for the target (and the source registries, unless
+    ``source`` is given). Failures are per image (``ImageResult.error``); see ``check``."""
+    return _Mirror(plan, source or RegistrySource(client), client, jobs, progress or NoProgress()).run()
 
 
 def check(result: MirrorResult) -> None:

@@ -695,9 +695,32 @@ class RegistryClient:
         attempts: int = 4,
     ) -> int:
         """Stream a blob from ``src`` to ``dst`` (GET -> PUT, never whole in memory),
-        verifying its sha256 before the upload is committed. Returns bytes sent.
+        verifying its sha256 before the upload is committed. Returns bytes sent."""
 
-        A temporary failure anywhere restarts the copy with a new upload session.
+        def opener() -> tuple[Iterable[bytes], Callable[[], None]]:
+            resp = self.open_blob(src, desc.digest)
+            return resp.stream(CHUNK, decode_content=False), resp.release_conn
+
+        return self.upload_stream(
+            dst, desc, opener, origin=f'"{src.name}"', location=location, progress=progress, attempts=attempts
+        )
+
+    def upload_stream(
+        self,
+        dst: ImageRef,
+        desc: Descriptor,
+        opener: Callable[[], tuple[Iterable[bytes], Callable[[], None]]],
+        *,
+        origin: str,
+        location: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        attempts: int = 4,
+    ) -> int:
+        """Upload a blob whose bytes ``opener()`` yields (with a close function),
+        verifying size and digest before the registry may commit it.
+
+        A temporary failure anywhere restarts with a new reader and a new upload
+        session, at most ``attempts`` times. Returns the bytes sent.
         """
         context = f'copying blob {desc.digest.short()} to "{dst.name}"'
         for attempt in range(attempts):
@@ -705,12 +728,12 @@ class RegistryClient:
             try:
                 loc = location if (location and attempt == 0) else self.start_upload(dst)
                 assert loc is not None
-                resp = self.open_blob(src, desc.digest)
+                chunks, close = opener()
                 try:
-                    body = _verified(resp, desc, src, sent, progress)
+                    body = _verified(chunks, desc, origin, sent, progress)
                     self._finish_upload(dst, loc, desc.digest, body, desc.size, context)
                 finally:
-                    resp.release_conn()
+                    close()
                 return sent[0]
             except RequestFailed as e:
                 if not e.temporary or attempt == attempts - 1:
@@ -722,13 +745,13 @@ class RegistryClient:
 
 
 def _verified(
-    resp: urllib3.BaseHTTPResponse,
+    chunks: Iterable[bytes],
     desc: Descriptor,
-    src: ImageRef,
+    origin: str,
     sent: list[int],
     progress: Callable[[int], None] | None,
 ) -> Iterator[bytes]:
-    """Chunks of ``resp``; the last one is held back until the digest and size check,
+    """``chunks``, with the last one held back until the digest and size check,
     so a wrong blob is never committed by the target."""
     from urllib3 import exceptions as ue
 
@@ -736,7 +759,7 @@ def _verified(
     held: bytes | None = None
     total = 0
     try:
-        for chunk in resp.stream(CHUNK, decode_content=False):
+        for chunk in chunks:
             if not chunk:
                 continue
             h.update(chunk)
@@ -751,12 +774,13 @@ def _verified(
             held = chunk
     except (ue.ProtocolError, ue.TimeoutError, ue.HTTPError, ConnectionError, TimeoutError) as e:
         raise RequestFailed(
-            f'reading blob {desc.digest.short()} from "{src.name}": {e.__class__.__name__}', temporary=True
+            f"reading blob {desc.digest.short()} from {origin}: {e.__class__.__name__}", temporary=True
         ) from None
     actual = f"{desc.digest.algorithm}:{h.hexdigest()}"
     if total != desc.size or actual != desc.digest.value:
+        size = f"{total} bytes" if total <= desc.size else f"more than {desc.size} bytes"
         raise DigestMismatch(
-            f'blob {desc.digest} from "{src.name}": got {total} bytes with digest {actual}, expected {desc.size} bytes',
+            f"blob {desc.digest} from {origin}: got {size} with digest {actual}, expected {desc.size} bytes",
             expected=desc.digest,
             actual=actual,
         )
