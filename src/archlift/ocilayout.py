@@ -8,8 +8,8 @@ appears once everything it names is there; it moves no tag.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,28 +49,19 @@ class PushStats:
     bytes_sent: int = 0
 
 
-def _file_body(path: Path, digest: Digest) -> object:
-    """Chunks of a file; raises when the file does not hash to ``digest`` (checked before the last chunk)."""
-    h = hashlib.new(digest.algorithm)
+def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
-        held = f.read(CHUNK)
-        while True:
-            chunk = f.read(CHUNK)
-            h.update(held)
-            if not chunk:
-                break
-            yield held
-            held = chunk
-    if f"{digest.algorithm}:{h.hexdigest()}" != digest.value:
-        raise RegistryError(f"{path}: content does not match {digest}")
-    yield held
+        while chunk := f.read(CHUNK):
+            yield chunk
 
 
-def upload_file(client: RegistryClient, repo: ImageRef, path: Path, desc: Descriptor) -> None:
-    location = client.start_upload(repo)
-    assert location is not None
-    context = f'pushing blob {desc.digest.short()} to "{repo.name}"'
-    client._finish_upload(repo, location, desc.digest, _file_body(path, desc.digest), desc.size, context)
+def upload_file(client: RegistryClient, repo: ImageRef, path: Path, desc: Descriptor) -> int:
+    """Stream ``path`` to ``repo`` as the blob ``desc`` (verified before the registry commits it)."""
+
+    def opener() -> tuple[Iterator[bytes], Callable[[], None]]:
+        return _file_chunks(path), lambda: None
+
+    return client.upload_stream(repo, desc, opener, origin=str(path))
 
 
 def push_tree(client: RegistryClient, layout: Layout, repo: ImageRef, top: Descriptor, *, jobs: int = 4) -> PushStats:
