@@ -399,3 +399,23 @@ def test_cli_refuses_with_exit_2(
     assert "archlift: invalid input:" in err
     assert "Pod/demo/p (pod.yaml.j2, document 1): spec.containers[0].image: 'nginx:1.25' is a tag" in err
     assert not (tmp_path / "dist" / "manifests").exists()
+
+
+@pytest.mark.parametrize("version", ["1.20", "2.0", "latest"])
+def test_an_unknown_kubernetes_version_is_refused(lock: ReleaseLock, version: str) -> None:
+    with pytest.raises(ConfigError, match=f"no Kubernetes schemas for version '{version}'"):
+        render(lock, templates=DEMO_TEMPLATES, values=DEMO_VALUES, kubernetes_version=version)
+
+
+def test_the_kubernetes_version_chooses_the_schemas(lock: ReleaseLock, tmp_path: Path) -> None:
+    # autoscaling/v2beta2 was removed in Kubernetes 1.26
+    hpa = """\
+        apiVersion: autoscaling/v2beta2
+        kind: HorizontalPodAutoscaler
+        metadata: {name: web, namespace: demo}
+        spec: {scaleTargetRef: {kind: Deployment, name: web}, maxReplicas: 3}
+        """
+    templates = write_templates(tmp_path / "t", {"hpa.yaml": hpa})
+    assert render(lock, templates=templates, kubernetes_version="v1.25").documents[0].kind == "HorizontalPodAutoscaler"
+    with pytest.raises(ConfigError, match=r"Kubernetes 1\.30 has no kind HorizontalPodAutoscaler in apiVersion"):
+        render(lock, templates=templates)

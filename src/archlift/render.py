@@ -525,12 +525,21 @@ def validation_problems(doc: Document, kubernetes_version: str = KUBERNETES_VERS
             return [
                 f"{doc.where}: Kubernetes {kubernetes_version} has no kind {doc.kind} in apiVersion {doc.api_version}"
             ]
-    except kv_utils.VersionNotSupportedError:
-        raise ConfigError(
-            f"kubernetes-validate has no schemas for Kubernetes {kubernetes_version}",
-            hint=f"use a version between {kv_utils.all_versions()[0]} and {kv_utils.latest_version()}",
-        ) from None
     return []
+
+
+def check_kubernetes_version(version: str) -> str:
+    """``version`` as ``MAJOR.MINOR`` when kubernetes-validate ships its schemas, else a ConfigError."""
+    shipped = sorted(
+        {kv_utils.major_minor(v) for v in kv_utils.all_versions()}, key=lambda v: tuple(map(int, v.split(".")))
+    )
+    wanted = str(kv_utils.major_minor(version.removeprefix("v")))
+    if wanted not in shipped:
+        raise ConfigError(
+            f"no Kubernetes schemas for version '{version}' here",
+            hint=f"kubernetes-validate ships {shipped[0]} to {shipped[-1]}",
+        )
+    return wanted
 
 
 # --- the step ----------------------------------------------------------------------------
@@ -554,6 +563,7 @@ def render(
             f"the release lock is partial (platform {lock.partial_platform} only)",
             hint="run 'archlift merge' to combine the per-platform locks first",
         )
+    kubernetes_version = check_kubernetes_version(kubernetes_version)
     images = ImageMap.build(lock, replacements or {})
     docs: list[Document] = []
     if templates is not None:
