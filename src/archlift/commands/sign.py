@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .common import DEFAULT_LOCK, add_json_arg, print_json
@@ -24,8 +25,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
     p.add_argument(
         "--key",
-        required=True,
-        help="cosign private key (file, env://VAR or a KMS URI); with --verify, the public key",
+        default=os.environ.get("ARCHLIFT_COSIGN_KEY") or None,
+        required=not os.environ.get("ARCHLIFT_COSIGN_KEY"),
+        help="cosign private key (file, env://VAR or a KMS URI; default $ARCHLIFT_COSIGN_KEY); "
+        "with --verify, the public key",
     )
     p.add_argument("--pub", help="the public key to verify with (default: derived from --key)")
     p.add_argument("--verify", action="store_true", help="verify only; --key is the public key")

@@ -1,0 +1,219 @@
+"""archlift sign: the real cosign signs a two-platform index by digest in a real registry, verifies it,
+refuses another key, and the signature still verifies on the copy ``archlift mirror`` makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from archlift.errors import UsageError, VerifyError
+from archlift.localenv import LocalRegistry
+from archlift.lock import ComponentRelease, ReleaseLock
+from archlift.mirror import ImagePlan, MirrorPlan, Target, check, mirror, plan_mirror
+from archlift.proc import run
+from archlift.refs import ImageRef
+from archlift.registry import RegistryClient, auth
+from archlift.sign import Cosign, sign_release, signature_tag, verify_release
+
+PLATFORMS = ("linux/amd64", "linux/arm64")
+
+
+@pytest.fixture
+def key_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A cosign key pair made for the test (keyless signing would need the internet)."""
+    monkeypatch.setenv("COSIGN_PASSWORD", "test-password")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    run(["cosign", "generate-key-pair"], cwd=keys, env={"COSIGN_PASSWORD": "test-password"}, timeout=60)
+    return keys / "cosign.key", keys / "cosign.pub"
+
+
+@pytest.fixture
+def other_public_key(tmp_path: Path) -> Path:
+    keys = tmp_path / "other"
+    keys.mkdir()
+    run(["cosign", "generate-key-pair"], cwd=keys, env={"COSIGN_PASSWORD": "other"}, timeout=60)
+    return keys / "cosign.pub"
+
+
+@pytest.fixture
+def reg_a() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def reg_b() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+def _copy_in(client: RegistryClient, source: ImageRef, target: ImageRef) -> None:
+    assert source.digest
+    plan = MirrorPlan(Target(target.registry), (ImagePlan("busybox", source, target, (), PLATFORMS),))
+    check(mirror(plan, client))
+
+
+def _release(client: RegistryClient, seeded: ImageRef, reg: LocalRegistry, repository: str) -> ReleaseLock:
+    """A one-image release in ``reg``: the seeded two-platform busybox copied to ``repository``."""
+    assert seeded.digest
+    target = reg.ref(repository)
+    _copy_in(client, seeded, target)
+    platforms = client.index_platforms(target.with_digest(seeded.digest))
+    assert set(platforms) == set(PLATFORMS)
+    comp = ComponentRelease(
+        name="busybox",
+        kind="mirrored",
+        repository=target.name,
+        index_digest=seeded.digest,
+        platforms=platforms,
+        tags=("1.35",),
+        source_image=str(seeded),
+    )
+    return ReleaseLock(components={"busybox": comp}, config="images.yaml", created_at="2026-01-01T00:00:00Z")
+
+
+def test_sign_verify_mirror_verify(
+    seeded_base: ImageRef,
+    reg_a: LocalRegistry,
+    reg_b: LocalRegistry,
+    key_pair: tuple[Path, Path],
+    other_public_key: Path,
+) -> None:
+    key, pub = key_pair
+    with RegistryClient() as client:
+        lock = _release(client, seeded_base, reg_a, "release/busybox")
+        ref = lock.components["busybox"].ref
+
+        with pytest.raises(VerifyError, match="no valid signature"):
+            verify_release(lock, str(pub))  # nothing signed yet
+
+        signed = sign_release(lock, str(key))
+        assert [(s.component, s.ref, s.verified) for s in signed] == [("busybox", ref, True)]
+        assert signed[0].signatures == 1
+        assert signature_tag(ref) in client.list_tags(ImageRef.parse(lock.components["busybox"].repository))
+
+        # the public key given explicitly, and the one derived from the private key, both verify
+        assert verify_release(lock, str(pub))[0].verified
+        with pytest.raises(VerifyError, match="no signature verifies against"):
+            verify_release(lock, str(other_public_key))
+
+        # archlift mirror copies the .sig tag along: cosign verify passes on the MIRRORED copy
+        result = mirror(plan_mirror(lock, Target(reg_b.host)), client)
+        check(result)
+        mirrored = ref.in_registry(reg_b.host)
+        assert client.head_manifest(mirrored) is not None
+        assert signature_tag(ref) in client.list_tags(ImageRef(mirrored.registry, mirrored.repository))
+        on_b = verify_release(lock, str(pub), registry=reg_b.host)
+        assert on_b[0].ref == mirrored and on_b[0].verified
+        with pytest.raises(VerifyError):
+            verify_release(lock, str(other_public_key), registry=reg_b.host)
+
+    # and cosign itself, run directly, agrees
+    direct = run(
+        [
+            "cosign",
+            "verify",
+            "--key",
+            str(pub),
+            "--insecure-ignore-tlog=true",
+            "--allow-insecure-registry",
+            str(mirrored),
+        ],
+        check=False,
+        timeout=120,
+    )
+    assert direct.returncode == 0, direct.stderr
+    payload = json.loads(direct.stdout)
+    assert payload[0]["critical"]["image"]["docker-manifest-digest"] == str(ref.digest)
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archlift", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_sign_then_verify_the_mirror(
+    seeded_base: ImageRef,
+    reg_a: LocalRegistry,
+    reg_b: LocalRegistry,
+    key_pair: tuple[Path, Path],
+    other_public_key: Path,
+    tmp_path: Path,
+) -> None:
+    key, pub = key_pair
+    with RegistryClient() as client:
+        lock = _release(client, seeded_base, reg_a, "cli/busybox")
+    lock_path = tmp_path / "dist" / "release.json"
+    lock.write(lock_path)
+    env = {"COSIGN_PASSWORD": "test-password"}
+
+    signed = _cli("sign", "--key", str(key), cwd=tmp_path, env=env)
+    assert signed.returncode == 0, signed.stderr
+    assert "1 image(s) signed and verified" in signed.stdout
+    record = json.loads((tmp_path / "dist" / "signatures.json").read_text())
+    assert record["signatures"][0]["verified"] is True
+    assert record["signatures"][0]["image"] == str(lock.components["busybox"].ref)
+
+    mirrored = _cli("mirror", "--to", f"{reg_b.host}/copy", cwd=tmp_path, env=env)
+    assert mirrored.returncode == 0, mirrored.stderr
+    ok = _cli(
+        "sign", "--verify", "--key", str(pub), "--registry", f"{reg_b.host}/copy", "--json", cwd=tmp_path, env=env
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["signatures"][0]["image"].startswith(f"{reg_b.host}/copy/cli/busybox@sha256:")
+    bad = _cli(
+        "sign", "--verify", "--key", str(other_public_key), "--registry", f"{reg_b.host}/copy", cwd=tmp_path, env=env
+    )
+    assert bad.returncode == VerifyError.exit_code
+    assert "no signature verifies against" in bad.stderr
+
+
+def test_sign_in_a_tls_registry_with_archlift_credentials(
+    seeded_base: ImageRef,
+    auth_registry: LocalRegistry,
+    key_pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Credentials from ARCHLIFT_AUTH_<HOST> reach cosign (a temporary docker config), the CA as SSL_CERT_FILE."""
+    key, pub = key_pair
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
+    monkeypatch.setenv(auth.env_name(auth_registry.host), f"{auth_registry.username}:{auth_registry.password}")
+    assert auth_registry.ca_file
+    with RegistryClient(ca_file=str(auth_registry.ca_file)) as client:
+        lock = _release(client, seeded_base, auth_registry, "tls/busybox")
+    cosign = Cosign(ca_file=auth_registry.ca_file)
+    assert cosign.flags(lock.components["busybox"].ref) == [
+        "--allow-insecure-registry=true",
+        "--allow-http-registry=true",
+    ]  # loopback; TLS is still used when the registry speaks it
+    assert sign_release(lock, str(key), public_key=str(pub), cosign=cosign)[0].verified
+    monkeypatch.delenv(auth.env_name(auth_registry.host))
+    with pytest.raises(VerifyError):
+        verify_release(lock, str(pub), cosign=cosign)  # no credentials: cosign cannot read it
+
+
+def test_sign_needs_the_password_and_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = ReleaseLock(components={})
+    key = tmp_path / "cosign.key"
+    with pytest.raises(UsageError, match="no such private key"):
+        sign_release(lock, str(key))
+    key.write_text("x")
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    with pytest.raises(UsageError, match="COSIGN_PASSWORD is not set"):
+        sign_release(lock, str(key))
+    with pytest.raises(UsageError, match="no such public key"):
+        verify_release(lock, str(tmp_path / "nope.pub"))
