@@ -67,13 +67,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _signature(inputs: ReportInputs, comp: ComponentRelease) -> str:
+def _signature(inputs: ReportInputs, comp: ComponentRelease, *, short: bool = False) -> str:
     sig = inputs.signatures.get(comp.name)
     if not sig:
         return "not signed" if inputs.signatures_path else "-"
     if sig.get("image") and not str(sig["image"]).endswith(str(comp.index_digest)):
         return "signed for another digest (stale)"
     if sig.get("verified"):
+        if short:
+            return "verified"
         return f"cosign, verified ({_code(str(sig.get('signature_tag', '')))})"
     return "signature did NOT verify"
 
@@ -120,7 +122,7 @@ def render(inputs: ReportInputs) -> str:
                     ", ".join(sorted(c.platforms)),
                     _upstream(c),
                     str(len(c.patches)),
-                    _signature(inputs, c),
+                    _signature(inputs, c, short=True),
                 )
             )
             + " |"
