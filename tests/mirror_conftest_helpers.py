@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from archlift.localenv import LocalRegistry
+from archlift.lock import ComponentRelease, ReleaseLock
 from archlift.refs import Digest, ImageRef
 from archlift.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 
@@ -172,6 +173,61 @@ def no_docker_config(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("ARCHLIFT_AUTH_") or name.startswith("ARCHLIFT_REGISTRY_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+
+
+def release_lock(images: dict[str, PushedImage]) -> ReleaseLock:
+    return ReleaseLock(
+        components={
+            name: ComponentRelease(
+                name=name,
+                kind="built",
+                repository=img.ref.name,
+                index_digest=img.index,
+                platforms=dict(img.platforms),
+                tags=(img.ref.tag or "v1", "latest"),
+            )
+            for name, img in images.items()
+        }
+    )
+
+
+SHARED = blob(300 * 1024, seed=4242)
+
+
+def make_release(
+    client: RegistryClient, reg: LocalRegistry, n: int = 3, size: int = 64 * 1024
+) -> dict[str, PushedImage]:
+    out = {}
+    for i in range(n):
+        out[f"c{i}"] = push_image(
+            client,
+            reg.ref(f"rel/c{i}", "v1"),
+            seed=100 + i,
+            layer_size=size,
+            shared=SHARED,
+            signature=(i == 0),
+            referrer=(i == 0),
+        )
+    return out
+
+
+def assert_same(client: RegistryClient, images: dict[str, PushedImage], dst: LocalRegistry, prefix: str = "") -> None:
+    for img in images.values():
+        repo = ImageRef(dst.host, (prefix + "/" if prefix else "") + img.ref.repository)
+        for tag in ("v1", "latest"):
+            head = client.head_manifest(repo.with_tag(tag))
+            assert head is not None and head.digest == img.index, (repo, tag)
+        assert client.get_manifest(repo.with_digest(img.index)).digest == img.index
+        for d in img.manifests:
+            assert client.head_manifest(repo.with_digest(d)) is not None, d
+        for d in img.blobs:
+            assert client.blob_exists(repo, d)
+        if img.signature_tag:
+            sig = client.head_manifest(repo.with_tag(img.signature_tag))
+            src_sig = client.head_manifest(img.ref.with_tag(img.signature_tag))
+            assert sig is not None and src_sig is not None and sig.digest == src_sig.digest
+        if img.referrer:
+            assert [d.digest for d in client.referrers(repo, img.index)] == [img.referrer]
 
 
 # ---------------------------------------------------------------- fault proxy

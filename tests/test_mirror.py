@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mirror_conftest_helpers as h
 import pytest
-from mirror_conftest_helpers import FaultProxy, PushedImage, blob, push_image
+from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_release, release_lock
 
 from archlift.errors import ConfigError, MirrorError
 from archlift.localenv import LocalRegistry
@@ -41,22 +41,6 @@ def test_target_parse(text: str, registry: str, prefix: str) -> None:
 def test_target_parse_refuses(text: str) -> None:
     with pytest.raises(ConfigError, match="--to"):
         Target.parse(text)
-
-
-def _lock(images: dict[str, PushedImage]) -> ReleaseLock:
-    return ReleaseLock(
-        components={
-            name: ComponentRelease(
-                name=name,
-                kind="built",
-                repository=img.ref.name,
-                index_digest=img.index,
-                platforms=dict(img.platforms),
-                tags=(img.ref.tag or "v1", "latest"),
-            )
-            for name, img in images.items()
-        }
-    )
 
 
 def test_plan_maps_repositories_and_checks_platforms() -> None:
@@ -136,58 +120,17 @@ def target() -> Iterator[LocalRegistry]:
         yield reg
 
 
-SHARED = blob(300 * 1024, seed=4242)
-
-
-def _release(client: RegistryClient, reg: LocalRegistry, n: int = 3, size: int = 64 * 1024) -> dict[str, PushedImage]:
-    out = {}
-    for i in range(n):
-        out[f"c{i}"] = push_image(
-            client,
-            reg.ref(f"rel/c{i}", "v1"),
-            seed=100 + i,
-            layer_size=size,
-            shared=SHARED,
-            signature=(i == 0),
-            referrer=(i == 0),
-        )
-    return out
-
-
-def _uploads(reg: LocalRegistry) -> int:
-    return reg.blob_uploads()
-
-
-def _assert_same(client: RegistryClient, images: dict[str, PushedImage], dst: LocalRegistry, prefix: str = "") -> None:
-    for img in images.values():
-        repo = ImageRef(dst.host, (prefix + "/" if prefix else "") + img.ref.repository)
-        for tag in ("v1", "latest"):
-            head = client.head_manifest(repo.with_tag(tag))
-            assert head is not None and head.digest == img.index, (repo, tag)
-        assert client.get_manifest(repo.with_digest(img.index)).digest == img.index
-        for d in img.manifests:
-            assert client.head_manifest(repo.with_digest(d)) is not None, d
-        for d in img.blobs:
-            assert client.blob_exists(repo, d)
-        if img.signature_tag:
-            sig = client.head_manifest(repo.with_tag(img.signature_tag))
-            src_sig = client.head_manifest(img.ref.with_tag(img.signature_tag))
-            assert sig is not None and src_sig is not None and sig.digest == src_sig.digest
-        if img.referrer:
-            assert [d.digest for d in client.referrers(repo, img.index)] == [img.referrer]
-
-
 def test_mirror_preserves_digests_sends_shared_blobs_once_and_remirror_sends_nothing(
     source: LocalRegistry, target: LocalRegistry, no_docker_config: None, tmp_path: Path
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source)
-    plan = plan_mirror(_lock(images), Target.parse(f"{target.host}/mirror"))
+    images = make_release(client, source)
+    plan = plan_mirror(release_lock(images), Target.parse(f"{target.host}/mirror"))
     result = mirror(plan, client, jobs=4)
     check(result)
-    _assert_same(client, images, target, "mirror")
+    assert_same(client, images, target, "mirror")
     unique = set().union(*(img.blobs for img in images.values()))
-    assert _uploads(target) == len(unique)  # the shared layer and "{}" configs: sent once
+    assert target.blob_uploads() == len(unique)  # the shared layer and "{}" configs: sent once
     assert sum(i.blobs_sent for i in result.images) == len(unique)
     assert sum(i.blobs_mounted for i in result.images) >= 2  # the shared layer into two more repositories
     c0 = next(i for i in result.images if i.name == "c0")
@@ -204,10 +147,10 @@ def test_mirror_preserves_digests_sends_shared_blobs_once_and_remirror_sends_not
 
 def test_mirror_through_fault_proxy(source: LocalRegistry, target: LocalRegistry, no_docker_config: None) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=3, size=1024 * 1024)
+    images = make_release(client, source, n=3, size=1024 * 1024)
     with FaultProxy(target.host, every=3, delay=0.2) as proxy, FaultProxy(source.host, every=3) as src_proxy:
         # the lock names the source through its own proxy too
-        lock = _lock(
+        lock = release_lock(
             {
                 k: PushedImage(ImageRef.parse(f"{src_proxy.host}/{v.ref.repository}:v1"), v.index, v.platforms)
                 for k, v in images.items()
@@ -218,7 +161,7 @@ def test_mirror_through_fault_proxy(source: LocalRegistry, target: LocalRegistry
         check(result)
         assert sum(proxy.faults.values()) >= 10 and all(proxy.faults.values())
         assert sum(src_proxy.faults.values()) >= 5
-    _assert_same(client, images, target)
+    assert_same(client, images, target)
 
 
 def test_mirror_into_tls_auth_registry(
@@ -229,14 +172,14 @@ def test_mirror_into_tls_auth_registry(
     tmp_path: Path,
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=2)
+    images = make_release(client, source, n=2)
     monkeypatch.setenv(
         "ARCHLIFT_AUTH_" + tls_auth.host.replace(".", "_").replace(":", "_"), f"{tls_auth.username}:{tls_auth.password}"
     )
     secure = RegistryClient(ca_file=str(tls_auth.ca_file))
-    result = mirror(plan_mirror(_lock(images), Target.parse(f"{tls_auth.host}/m")), secure, jobs=4)
+    result = mirror(plan_mirror(release_lock(images), Target.parse(f"{tls_auth.host}/m")), secure, jobs=4)
     check(result)
-    _assert_same(secure, images, tls_auth, "m")
+    assert_same(secure, images, tls_auth, "m")
     text = json.dumps(result.to_json())
     assert tls_auth.password and tls_auth.password not in text
 
@@ -251,13 +194,13 @@ def test_corrupted_blob_fails_that_image_and_moves_no_tag(
     source: LocalRegistry, target: LocalRegistry, no_docker_config: None
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=2)
+    images = make_release(client, source, n=2)
     bad = images["c1"]
     victim = next(d for d in bad.blobs if len(client.get_blob(bad.ref, d)) == 64 * 1024)
     path = source.storage_dir / "docker/registry/v2/blobs/sha256" / victim.hex[:2] / victim.hex / "data"
     data = path.read_bytes()
     path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
-    result = mirror(plan_mirror(_lock(images), Target.parse(target.host)), client, jobs=2)
+    result = mirror(plan_mirror(release_lock(images), Target.parse(target.host)), client, jobs=2)
     with pytest.raises(
         MirrorError, match=rf'c1: blob {victim} from "{source.host}/rel/c1": got 65536 bytes with digest sha256:'
     ):
@@ -282,8 +225,8 @@ def test_cli_mirror_report_and_bad_input(
     source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=2)
-    _lock(images).write(tmp_path / "dist/release.json")
+    images = make_release(client, source, n=2)
+    release_lock(images).write(tmp_path / "dist/release.json")
     bad = _cli("mirror", "--to", "nohost", cwd=tmp_path)
     assert bad.returncode == 2 and "REGISTRY[/PREFIX]" in bad.stderr
     assert _cli("mirror", "--to", target.host, "--jobs", "0", cwd=tmp_path).returncode == 2
@@ -302,8 +245,8 @@ def test_platform_filter_records_new_index(
     source: LocalRegistry, target: LocalRegistry, no_docker_config: None
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=1)
-    result = mirror(plan_mirror(_lock(images), Target.parse(target.host), ["linux/arm64"]), client)
+    images = make_release(client, source, n=1)
+    result = mirror(plan_mirror(release_lock(images), Target.parse(target.host), ["linux/arm64"]), client)
     check(result)
     (img,) = result.images
     assert img.dropped_platforms == ("linux/amd64",) and img.platforms == ("linux/arm64",)
@@ -317,8 +260,8 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
     source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
 ) -> None:
     client = RegistryClient()
-    images = _release(client, source, n=4, size=24 * 1024 * 1024)
-    _lock(images).write(tmp_path / "dist/release.json")
+    images = make_release(client, source, n=4, size=24 * 1024 * 1024)
+    release_lock(images).write(tmp_path / "dist/release.json")
     proc = subprocess.Popen(
         [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", "2"],
         cwd=tmp_path,
@@ -326,20 +269,20 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while _uploads(target) < 3 and time.monotonic() < deadline and proc.poll() is None:
+    while target.blob_uploads() < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
     time.sleep(0.5)  # an upload fully sent before the kill may still be committed and logged
-    first = _uploads(target)
+    first = target.blob_uploads()
     unique = set().union(*(img.blobs for img in images.values()))
     assert 0 < first < len(unique), "the mirror should have been killed midway"
     out = _cli("mirror", "--to", target.host, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert _uploads(target) == len(unique)  # nothing uploaded twice
+    assert target.blob_uploads() == len(unique)  # nothing uploaded twice
     assert result["blobs_sent"] == len(unique) - first
-    _assert_same(client, images, target)
+    assert_same(client, images, target)
 
 
 def test_result_summary_mentions_failures() -> None:

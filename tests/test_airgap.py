@@ -1,0 +1,192 @@
+"""archlift export / import: a release through one tarball, and every refusal of a bad bundle."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mirror_conftest_helpers as h
+import pytest
+from mirror_conftest_helpers import PushedImage, assert_same, make_release, release_lock
+
+from archlift.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_bundle
+from archlift.errors import ConfigError
+from archlift.localenv import LocalRegistry
+from archlift.mirror import Target, check
+from archlift.registry import RegistryClient
+
+no_docker_config = h.no_docker_config
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def release(source: LocalRegistry) -> dict[str, PushedImage]:
+    return make_release(RegistryClient(), source, n=3)
+
+
+@pytest.fixture(scope="module")
+def bundle(source: LocalRegistry, release: dict[str, PushedImage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "bundle.tar"
+    manifests = out.parent / "manifests"
+    (manifests / "base").mkdir(parents=True)
+    (manifests / "base" / "deploy.yaml").write_text("kind: Deployment\n")
+    result = export_bundle(release_lock(release), RegistryClient(), out, manifests_dir=manifests)
+    assert result.images == 3 and result.blobs > 0
+    return out
+
+
+@pytest.fixture
+def target() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+def test_export_then_import_keeps_every_digest(
+    bundle: Path, release: dict[str, PushedImage], target: LocalRegistry, no_docker_config: None
+) -> None:
+    b = open_bundle(bundle)
+    assert b.lock == release_lock(release)
+    names = set(b.members)
+    assert {"oci-layout", "index.json", LOCK_PATH, SUMS, "archlift/manifests/base/deploy.yaml"} <= names
+    client = RegistryClient()
+    result = import_bundle(b, Target.parse(f"{target.host}/air"), client, jobs=4)
+    check(result)
+    assert_same(client, release, target, "air")
+    unique = set().union(*(img.blobs for img in release.values()))
+    assert target.blob_uploads() == len(unique)
+    again = import_bundle(b, Target.parse(f"{target.host}/air"), client)
+    assert all(i.up_to_date for i in again.images) and again.bytes_sent == 0
+
+
+def test_export_is_reproducible(
+    source: LocalRegistry, release: dict[str, PushedImage], bundle: Path, tmp_path: Path, no_docker_config: None
+) -> None:
+    manifests = bundle.parent / "manifests"
+    second = tmp_path / "again.tar"
+    export_bundle(release_lock(release), RegistryClient(), second, manifests_dir=manifests)
+    assert second.read_bytes() == bundle.read_bytes()
+
+
+def _rewrite(
+    src: Path, dst: Path, change: Callable[[tarfile.TarInfo, bytes], list[tuple[tarfile.TarInfo, bytes]]]
+) -> None:
+    """Copy a tarball member by member, letting ``change`` replace or add members."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for info in tin:
+            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            for new_info, new_data in change(info, data):
+                tout.addfile(new_info, io.BytesIO(new_data) if new_info.isfile() else None)
+
+
+def _extra(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+def _adding(info: tarfile.TarInfo) -> Callable[[tarfile.TarInfo, bytes], list[tuple[tarfile.TarInfo, bytes]]]:
+    def change(i: tarfile.TarInfo, data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+        out = [(i, data)]
+        if i.name == "oci-layout":
+            out.append((info, b"x"))
+        return out
+
+    return change
+
+
+def _corrupt_blob(i: tarfile.TarInfo, data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    if i.name.startswith("blobs/") and i.size > 60000:
+        return [(i, bytes([data[0] ^ 0xFF]) + data[1:])]
+    return [(i, data)]
+
+
+def _corrupt_index(i: tarfile.TarInfo, data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    if i.name == "index.json":
+        return [(i, data.replace(b'"schemaVersion": 2', b'"schemaVersion": 3'))]
+    return [(i, data)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_adding(_extra("../escape.txt")), r"member '\.\./escape\.txt' would be written outside the extraction root"),
+        (_adding(_extra("blobs/../../escape")), r"outside the extraction root"),
+        (_adding(_extra("/etc/cron.d/evil")), r"member '/etc/cron.d/evil' has an absolute path"),
+        (
+            _adding(_extra("archlift/manifests/link", kind=tarfile.SYMTYPE, link="/etc/passwd")),
+            r"is a symbolic link \(to '/etc/passwd'\); links are not allowed",
+        ),
+        (_adding(_extra("archlift/manifests/hard", kind=tarfile.LNKTYPE, link="oci-layout")), r"is a hard link"),
+        (_adding(_extra("archlift/fifo", kind=tarfile.FIFOTYPE)), r"special file"),
+        (_corrupt_blob, r"'blobs/sha256/[0-9a-f]{64}' does not match its digest \(sha256 is [0-9a-f]{64}\): corrupted"),
+        (_corrupt_index, r"'index.json' does not match its checksum in SHA256SUMS"),
+        (_adding(_extra("archlift/unlisted.txt")), r"'archlift/unlisted.txt' is not listed in SHA256SUMS"),
+    ],
+)
+def test_bad_bundles_are_refused_before_anything_is_pushed(
+    bundle: Path,
+    tmp_path: Path,
+    target: LocalRegistry,
+    change: Callable[[tarfile.TarInfo, bytes], list[tuple[tarfile.TarInfo, bytes]]],
+    message: str,
+) -> None:
+    bad = tmp_path / "bad.tar"
+    _rewrite(bundle, bad, change)
+    with pytest.raises(ConfigError, match=message) as e:
+        open_bundle(bad)
+    assert str(bad) in e.value.message
+    assert not [x for x in target.access_log() if x.method in ("PUT", "POST")]
+
+
+def test_not_a_tarball(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ConfigError, match="not an uncompressed tar"):
+        open_bundle(junk)
+    with pytest.raises(ConfigError, match="no such bundle"):
+        open_bundle(tmp_path / "missing.tar")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archlift", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
+
+
+def test_cli_export_import_and_refusal_exit_status(
+    release: dict[str, PushedImage], target: LocalRegistry, tmp_path: Path, no_docker_config: None, bundle: Path
+) -> None:
+    release_lock(release).write(tmp_path / "dist/release.json")
+    (tmp_path / "dist/manifests").mkdir()
+    (tmp_path / "dist/manifests/a.yaml").write_text("a: 1\n")
+    out = _cli("export", "--output", "b.tar", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["images"] == 3
+    imp = _cli("import", "b.tar", "--to", target.host, "--extract", "x", cwd=tmp_path)
+    assert imp.returncode == 0, imp.stderr
+    assert (tmp_path / "x/manifests/a.yaml").read_text() == "a: 1\n"
+    assert (tmp_path / "x/release.json").is_file()
+    assert_same(RegistryClient(), release, target)
+    bad = tmp_path / "bad.tar"
+    _rewrite(bundle, bad, _adding(_extra("../../evil")))
+    refused = _cli("import", str(bad), "--to", target.host, cwd=tmp_path)
+    assert refused.returncode == 2 and "outside the extraction root" in refused.stderr
+    assert "Traceback" not in refused.stderr
