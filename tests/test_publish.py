@@ -211,11 +211,15 @@ def test_publishing_twice_gives_the_same_digests(
 ) -> None:
     target = parse_target(f"{registry.host}/pubtest/twice:v1")
     first = publish(manifests, target)
+    assert all(a.pushed for a in first.artifacts)
     again_dir = tmp_path / "again"
     render(releases[0], templates=DEMO_TEMPLATES, values=VALUES).write(again_dir)  # a fresh render, new mtimes
+    writes = registry.count("PUT") + registry.count("POST")
     second = publish(again_dir, target)
     dry = publish(again_dir, target, dry_run=True)
-    assert first.artifacts == second.artifacts == dry.artifacts
+    assert [a.ref for a in first.artifacts] == [a.ref for a in second.artifacts] == [a.ref for a in dry.artifacts]
+    assert not any(a.pushed for a in second.artifacts)  # HEAD first: the tags already point there
+    assert registry.count("PUT") + registry.count("POST") == writes
     for a in first.artifacts:
         assert registry.manifest_digest(a.ref.repository, a.ref.tag or "") == a.ref.digest
     assert first.by_form(CONFIG_SYNC).ref.digest != first.by_form(FLUX).ref.digest

@@ -51,6 +51,7 @@ TITLE = "org.opencontainers.image.title"
 CERTS_D = Path("/etc/docker/certs.d")
 _RETRIES = 4
 _TEMPORARY = (429, 500, 502, 503, 504)
+_CREDENTIALS_HINT = "check the credentials (docker login, or ARCHLIFT_REGISTRY_USERNAME/PASSWORD)"
 
 
 @dataclass(frozen=True)
@@ -236,8 +237,9 @@ def probe(host: str, *, insecure: bool = False, ca_file: str | None = None) -> E
     raise PublishError(f"cannot reach the registry {host}: " + "; ".join(errors), hint=hint)
 
 
-def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> Digest:
-    """Push ``artifact`` to ``ref`` (a tag) with oras-py; returns the digest the registry stored."""
+def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> bool:
+    """Push ``artifact`` to ``ref`` (a tag) with oras-py. HEAD first: returns False, writing
+    nothing, when the tag already points at this very artifact."""
     client = _Oras(
         hostname=ref.registry,
         insecure=endpoint.scheme == "http",
@@ -263,13 +265,16 @@ def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> Digest:
                     f"{context}: the registry refused the credentials from {creds.source} (HTTP {resp.status_code})",
                     hint=f"check them: docker login {ref.registry}, or {auth.env_name(ref.registry)}=user:password",
                 )
+        url = f"{client.prefix}://{container.manifest_url(ref.tag)}"
+        resp = client.do_request(url, "HEAD", headers={"Accept": OCI_MANIFEST})
+        if resp.status_code == 200 and resp.headers.get("Docker-Content-Digest") == str(artifact.digest):
+            return False
         with tempfile.TemporaryDirectory(prefix="archlift-publish-") as tmp:
             for blob in (artifact.layer, artifact.config):
                 path = Path(tmp) / blob.digest.hex
                 path.write_bytes(blob.data)
                 resp = client.upload_blob(str(path), container, blob.descriptor())
                 _check(resp, f"{context}: uploading blob {blob.digest.short()}")
-        url = f"{client.prefix}://{container.manifest_url(ref.tag)}"
         resp = client.do_request(url, "PUT", data=artifact.manifest, headers={"Content-Type": OCI_MANIFEST})
         _check(resp, f"{context}: putting the manifest")
     except PublishError:
@@ -279,7 +284,7 @@ def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> Digest:
     stored = resp.headers.get("Docker-Content-Digest", "")
     if stored and stored != str(artifact.digest):
         raise PublishError(f"{context}: the registry stored {stored}, expected {artifact.digest}")
-    return artifact.digest
+    return True
 
 
 def _check(resp: Any, context: str) -> None:
@@ -291,15 +296,7 @@ def _check(resp: Any, context: str) -> None:
         detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
     except ValueError:
         detail = resp.text[:300]
-    hint = (
-        "check the credentials (docker login, or ARCHLIFT_REGISTRY_USERNAME/PASSWORD)"
-        if resp.status_code
-        in (
-            401,
-            403,
-        )
-        else ""
-    )
+    hint = _CREDENTIALS_HINT if resp.status_code in (401, 403) else ""
     raise PublishError(f"{context}: HTTP {resp.status_code}" + (f" ({detail})" if detail else ""), hint=hint)
 
 
@@ -310,6 +307,7 @@ class Published:
     ref: ImageRef  # repository:tag@digest
     layer_media_type: str
     layer_digest: Digest
+    pushed: bool = False  # False: the tag already pointed at it (or a dry run)
 
 
 @dataclass(frozen=True)
@@ -332,6 +330,7 @@ class Publication:
                     "ref": str(a.ref),
                     "tag": a.ref.tag,
                     "digest": str(a.ref.digest),
+                    "pushed": a.pushed,
                     "layer": {"mediaType": a.layer_media_type, "digest": str(a.layer_digest)},
                 }
                 for a in self.artifacts
@@ -364,13 +363,14 @@ def publish(
     tag = target.tag or "latest"
     for artifact in artifacts:
         ref = target.with_tag(tag + artifact.form.tag_suffix)
-        digest = artifact.digest if endpoint is None else push(artifact, ref, endpoint)
+        pushed = endpoint is not None and push(artifact, ref, endpoint)
         out.append(
             Published(
                 artifact.form.name,
-                ImageRef(ref.registry, ref.repository, ref.tag, digest),
+                ImageRef(ref.registry, ref.repository, ref.tag, artifact.digest),
                 artifact.layer.media_type,
                 artifact.layer.digest,
+                pushed,
             )
         )
     plain = endpoint.scheme == "http" if endpoint else is_loopback(target.registry)

@@ -47,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**pub.to_json(), "dry_run": args.dry_run, "outputs": {k: str(v) for k, v in paths.items()}})
         return 0
-    verb = "would push" if args.dry_run else "pushed"
-    print(f"{verb} {len(pub.files)} file(s) from {args.manifests}:")
+    print(f"{len(pub.files)} file(s) from {args.manifests}:")
     for form in (CONFIG_SYNC, FLUX):
         a = pub.by_form(form)
-        print(f"  {form.name:<10} {a.ref}")
+        state = "would push" if args.dry_run else "pushed" if a.pushed else "already there"
+        print(f"  {form.name:<10} {a.ref}  ({state})")
     print(f"\n# Config Sync ({paths['rootsync']})")
     print(yaml_stream([rootsync(pub, name)]), end="")
     print(f"\n# Flux ({paths['flux']})")
