@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,14 +30,14 @@ from typing import Any
 
 from . import inputs as inputs_mod
 from .dockerfile import external_images
-from .errors import ArchliftError, BuildError, RegistryError
+from .errors import ArchliftError, BuildError, RegistryError, UsageError
 from .inputs import BuildRecord, Inputs
 from .lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
 from .model import Component, Config, Source
 from .ocilayout import Layout, push_tree
 from .patches import PatchedTree, apply_queue, file_sha256, queue_hash
 from .plan import Plan, PlannedComponent
-from .refs import Digest, ImageRef
+from .refs import Digest, ImageRef, Platform, RefError
 from .registry import RegistryClient
 from .sources import ResolvedSource, cache_root, checkout, resolve
 
@@ -474,6 +475,21 @@ class RunResult:
         return all(o.status != "failed" for o in self.outcomes)
 
 
+def only_platform(plan: Plan, platform: str) -> Plan:
+    """The plan narrowed to one platform (a native runner's share of a split release)."""
+    try:
+        wanted = Platform.parse(platform)
+    except RefError as e:
+        raise UsageError(f"--platform: {e}") from None
+    narrowed = []
+    for p in plan.components:
+        if p.component.mirror is None and wanted not in p.platforms:
+            continue  # this component is not built for that platform
+        comp = dataclasses.replace(p.component, platforms=(wanted,)) if p.component.mirror is None else p.component
+        narrowed.append(dataclasses.replace(p, component=comp, platforms=comp.platforms))
+    return Plan(plan.config, tuple(narrowed))
+
+
 def execute(
     plan: Plan,
     *,
@@ -481,9 +497,12 @@ def execute(
     jobs: int | None = None,
     force: bool = False,
     refresh: bool = False,
+    by_digest: str | None = None,
     report: Reporter = _quiet,
 ) -> RunResult:
-    previous = _read_lock_quietly(lock_path)
+    """Run the plan. With ``by_digest`` (a platform, or "all"), move no tag and write a partial lock
+    for ``archlift merge``."""
+    previous = None if by_digest else _read_lock_quietly(lock_path)
     with workspace(plan.config, refresh=refresh, lock=previous) as ws:
         decisions = {p.name: decide_one(ws, p.component, force) for p in plan.components}
         for name, d in decisions.items():
@@ -495,6 +514,10 @@ def execute(
         if not all(o.release for o in outcomes):
             return RunResult(outcomes, None, 0)
         releases = [o.release for o in outcomes if o.release]
+        if by_digest:
+            lock = dataclasses.replace(_merge_lock(plan.config, None, releases), partial_platform=by_digest)
+            lock.write(lock_path)
+            return RunResult(outcomes, lock, 0)
         moved = move_tags(ws.client, releases, report)
         lock = _merge_lock(plan.config, previous, releases)
         lock.write(lock_path)

@@ -30,6 +30,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs did not change")
     p.add_argument("--refresh", action="store_true", help="fetch every source even when the cache has the ref")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
+    p.add_argument(
+        "--platform",
+        help="build only this platform (a native runner's share of a split release; implies --by-digest)",
+    )
+    p.add_argument(
+        "--by-digest",
+        action="store_true",
+        help="push by digest only and move no tag; the lock is partial, for 'archlift merge'",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,10 +50,24 @@ def run(args: argparse.Namespace) -> int:
         raise BuildError("--jobs must be at least 1")
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
+    by_digest = None
+    if args.platform:
+        from ..build import only_platform
+
+        plan = only_platform(plan, args.platform)
+        by_digest = args.platform
+    elif args.by_digest:
+        by_digest = "all"
     rows = [(p.name, [str(x) for x in p.platforms]) for p in plan.components]
     with reporter(rows, quiet=args.quiet or args.json) as report:
         result = execute(
-            plan, lock_path=args.lock, jobs=args.jobs, force=args.force, refresh=args.refresh, report=report
+            plan,
+            lock_path=args.lock,
+            jobs=args.jobs,
+            force=args.force,
+            refresh=args.refresh,
+            by_digest=by_digest,
+            report=report,
         )
     if args.json:
         print_json(_json(result, args.lock))
@@ -99,7 +122,12 @@ def _print_summary(result: object, lock: Path) -> None:
     for o in result.outcomes:
         if o.error:
             print(f"\n{o.name} failed:\n  " + o.error.replace("\n", "\n  "), file=sys.stderr)
-    if result.ok and result.lock:
+    if result.ok and result.lock and result.lock.partial_platform:
+        print(
+            f"\npartial release ({result.lock.partial_platform}) pushed by digest; no tag moved; partial lock: {lock}"
+        )
+        print("merge the partial locks of every platform with: archlift merge PARTIAL_LOCK...")
+    elif result.ok and result.lock:
         built = sum(1 for o in result.outcomes if o.status == "built")
         print(
             f"\nrelease complete: {built} built, {len(result.outcomes) - built} unchanged or copied; "
