@@ -356,3 +356,16 @@ def test_target_parsing() -> None:
         parse_target("127.0.0.1:5000/demo/manifests@sha256:" + "0" * 64)
     with pytest.raises(ConfigError, match="too long"):
         parse_target("127.0.0.1:5000/demo/manifests:" + "v" * 125)
+
+
+def test_cli_dry_run_pushes_nothing_and_gives_the_digests(
+    manifests: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "snippets"
+    args = ["publish", "--to", "127.0.0.1:1/nowhere/manifests:v2", "--manifests", str(manifests), "--out", str(out)]
+    assert main([*args, "--dry-run", "--json"]) == 0  # port 1: nothing listens, nothing is asked
+    data = json.loads(capsys.readouterr().out)
+    expected = {a.form.name: str(a.digest) for a in build_artifacts(sorted(_files(manifests).items()))}
+    assert {k: v["digest"] for k, v in data["artifacts"].items()} == expected
+    assert not any(v["pushed"] for v in data["artifacts"].values())
+    assert (out / "rootsync.yaml").read_text().count(expected["configsync"]) == 1

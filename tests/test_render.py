@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -419,3 +420,16 @@ def test_the_kubernetes_version_chooses_the_schemas(lock: ReleaseLock, tmp_path:
     assert render(lock, templates=templates, kubernetes_version="v1.25").documents[0].kind == "HorizontalPodAutoscaler"
     with pytest.raises(ConfigError, match=r"Kubernetes 1\.30 has no kind HorizontalPodAutoscaler in apiVersion"):
         render(lock, templates=templates)
+
+
+def test_cli_json_lists_documents_and_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(_project(tmp_path, FIXTURES / "release-a.json"))
+    assert main(["render", "--json", "--out", "out/m"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["out"] == "out/m" and data["files"] == sorted(p.name for p in (tmp_path / "out" / "m").iterdir())
+    lock = ReleaseLock.read(FIXTURES / "release-a.json")
+    assert data["images"] == sorted(str(c.ref) for c in lock.components.values())
+    assert {"file": "0_namespace_hello-system.yaml", "kind": "Namespace", "namespace": "", "name": "hello-system",
+            "source": "upstream/install.yaml"} in data["documents"]  # fmt: skip
