@@ -251,3 +251,48 @@ def test_an_unreachable_source_is_a_clear_error(demo_copy: Path, capsys: pytest.
     status, result = build(config, capsys, "toolbox")
     assert status == 5
     assert "cannot fetch" in result["components"][0]["error"]  # type: ignore[index]
+
+
+def test_plan_check_says_build_or_skip_and_why(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(demo_copy / "images.yaml")
+    assert main(["plan", config, "--check", "--json"]) == 0
+    before = {c["name"]: c["decision"] for c in json.loads(capsys.readouterr().out)["components"]}
+    assert before["hello"]["action"] == "build" and "no image in the registry" in before["hello"]["reason"]
+    assert before["busybox"]["action"] == "copy"
+    status, _ = build(demo_copy / "images.yaml", capsys, "hello")
+    assert status == 0
+    assert main(["plan", config, "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "decision:  skip: unchanged: inputs" in text
+    assert "decision:  build: no image in the registry" in text  # toolbox is still to be built
+
+
+def test_a_killed_build_leaves_no_tag_and_a_rerun_resumes(
+    demo_copy: Path, demo_registry: LocalRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "archlift", "build", str(demo_copy / "images.yaml")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=os.environ)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # kill it while it builds
+        if "pushing" in line or "building" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    with RegistryClient() as client:
+        for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0"), ("busybox", "1.35")):
+            ref = ImageRef.parse(f"{demo_registry.host}/demo/{name}:{tag}")
+            assert client.head_manifest(ref) is None, f"{ref} is tagged after a killed build"
+    status, result = build(demo_copy / "images.yaml", capsys)
+    assert status == 0, result
+    lock = ReleaseLock.read(Path("dist/release.json"))
+    with RegistryClient() as client:
+        for rel in lock.components.values():
+            for ref in rel.tag_refs():
+                head = client.head_manifest(ref)
+                assert head is not None and head.digest == rel.index_digest
