@@ -150,9 +150,11 @@ def test_collect_default_platforms_for_references() -> None:
     assert target.wanted == (AMD64, ARM64)
 
 
-def test_collect_refuses_what_is_neither_file_nor_reference() -> None:
-    with pytest.raises(ConfigError, match="neither a file, a directory nor an image reference"):
-        collect(["./no/such/File.yaml"])
+@pytest.mark.parametrize("arg", ["./no/such/File.yaml", "dist/manifests", "missing.yaml", "/abs/dir"])
+def test_collect_refuses_a_missing_path(arg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"no such file or directory|neither a file"):
+        collect([arg])
 
 
 def test_collect_root_images_yaml() -> None:

@@ -220,6 +220,22 @@ def _targets_from_file(path: Path, wanted: tuple[Platform, ...] | None) -> list[
     return found
 
 
+def _reference_arg(arg: str) -> str:
+    """An image reference given on the command line: with a tag or digest, so that a
+    mistyped path ("dist/manifest") is not taken for an image on Docker Hub."""
+    looks_like_path = arg.startswith(("./", "../", "/", "~")) or arg.endswith((*MANIFEST_SUFFIXES, ".json"))
+    try:
+        ref = ImageRef.parse(arg)
+    except RefError as e:
+        raise ConfigError(f"'{arg}' is neither a file, a directory nor an image reference: {e}") from None
+    if looks_like_path or (ref.tag is None and ref.digest is None):
+        raise ConfigError(
+            f"'{arg}': no such file or directory, and not an image reference with a tag or digest",
+            hint="name images as REPOSITORY:TAG or REPOSITORY@sha256:...",
+        )
+    return arg
+
+
 def collect(args: Sequence[str], wanted: Sequence[Platform] = ()) -> list[Target]:
     """Targets for ``archlift audit ARG...``: a file or directory of manifests, an images.yaml,
     a release lock (.json), or an image reference. ``wanted`` overrides the platforms."""
@@ -236,11 +252,7 @@ def collect(args: Sequence[str], wanted: Sequence[Platform] = ()) -> list[Target
         elif path.is_file():
             targets += _targets_from_file(path, override)
         else:
-            try:
-                ImageRef.parse(arg)
-            except RefError as e:
-                raise ConfigError(f"'{arg}' is neither a file, a directory nor an image reference: {e}") from None
-            targets.append(Target(arg, override or default_platforms(), ("command line",)))
+            targets.append(Target(_reference_arg(arg), override or default_platforms(), ("command line",)))
     return merge_targets(targets)
 
 
