@@ -305,23 +305,32 @@ def compare_layouts(a: Layout, b: Layout, first: Digest, second: Digest) -> Comp
 
 
 def _compare_images(a: Layout, b: Layout, platform: str, da: Descriptor, db: Descriptor) -> Iterator[Difference]:
+    """Layers first (the first differing one, down to the file), then the config, then the manifest itself."""
     ma, mb = a.manifest(da.digest, da.media_type), b.manifest(db.digest, db.media_type)
     ca, cb = ma.config, mb.config
-    if ca and cb and ca.digest != cb.digest:
-        paths = _json_paths(json.loads(a.read(ca.digest)), json.loads(b.read(cb.digest)))
-        yield Difference(
-            platform, "config", "the image configs differ", ca.digest, cb.digest, path=", ".join(paths[:5])
-        )
     layers_a = [d for d in ma.descriptors() if d != ca]
     layers_b = [d for d in mb.descriptors() if d != cb]
+    found = False
     if len(layers_a) != len(layers_b):
+        found = True
         yield Difference(platform, "manifest", f"{len(layers_a)} layers vs {len(layers_b)}", da.digest, db.digest)
+    layer_differs = False
     for n, (la, lb) in enumerate(zip(layers_a, layers_b, strict=False), 1):
         if la.digest != lb.digest:
             where, detail = compare_layer_blobs(a.read(la.digest), b.read(lb.digest), la.media_type)
+            found = layer_differs = True
             yield Difference(platform, "layer", detail, la.digest, lb.digest, layer=n, path=where)
-            return  # the first differing layer is named; later ones usually follow from it
-    if not (ca and cb and ca.digest != cb.digest) and len(layers_a) == len(layers_b):
+            break  # the first differing layer is named; later ones usually follow from it
+    if ca and cb and ca.digest != cb.digest:
+        paths = _json_paths(json.loads(a.read(ca.digest)), json.loads(b.read(cb.digest)))
+        if layer_differs:  # the layer's digest is in rootfs.diff_ids: that follows, it is no second cause
+            paths = [p for p in paths if not p.startswith("rootfs.diff_ids")]
+        if paths:
+            found = True
+            yield Difference(
+                platform, "config", "the image configs differ", ca.digest, cb.digest, path=", ".join(paths[:5])
+            )
+    if not found:
         paths = _json_paths(ma.json(), mb.json())
         yield Difference(platform, "manifest", "the manifests differ", da.digest, db.digest, path=", ".join(paths[:5]))
 

@@ -1,0 +1,241 @@
+"""archlift verify-reproducible: two builds from empty caches give the same index digest for every demo
+component; when they do not, the first differing platform, layer and file are named."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner
+from archlift.model import load_config
+from archlift.ocilayout import Layout
+from archlift.refs import Digest, ImageRef
+from archlift.reproducible import buildx_argv, compare_layer_blobs, compare_layouts, verify_component
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+# --- comparing layers and layouts (no engine) ----------------------------------------
+
+
+def tar(entries: Mapping[str, bytes | None], *, mtime: int = 1700000000, order: list[str] | None = None) -> bytes:
+    """A layer: name -> content (None for a directory)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name in order or list(entries):
+            content = entries[name]
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                info.mode = 0o644
+                t.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+FILES = {"etc": None, "etc/version": b"1.0\n", "usr/local/bin/hello": b"#!/bin/sh\necho hi\n"}
+
+
+def test_layer_comparison_names_the_first_differing_file() -> None:
+    base = tar(FILES)
+    assert compare_layer_blobs(base, tar({**FILES, "usr/local/bin/hello": b"#!/bin/sh\necho HI\n"})) == (
+        "usr/local/bin/hello",
+        "content differs",
+    )
+    assert compare_layer_blobs(base, tar(FILES, mtime=1700000001)) == ("etc", "mtime 1700000000 vs 1700000001")
+    assert compare_layer_blobs(base, tar({**FILES, "stamp": b"x"})) == ("stamp", "only in build 2")
+    assert compare_layer_blobs(tar({**FILES, "stamp": b"x"}), base) == ("stamp", "only in build 1")
+    reordered = tar(FILES, order=["usr/local/bin/hello", "etc", "etc/version"])
+    assert compare_layer_blobs(base, reordered) == ("", "the same entries in a different order")
+    import gzip
+
+    assert compare_layer_blobs(gzip.compress(base, mtime=0), gzip.compress(base, mtime=1)) == (
+        "",
+        "the same tar, compressed differently",
+    )
+
+
+def _blob(root: Path, data: bytes) -> dict[str, object]:
+    digest = Digest.of(data)
+    path = root / "blobs" / "sha256" / digest.hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"digest": str(digest), "size": len(data)}
+
+
+def _layout(root: Path, layers: Mapping[str, bytes]) -> Digest:
+    """An OCI layout with a two-platform index; returns the index digest."""
+    manifests = []
+    for platform, layer in layers.items():
+        os_, arch = platform.split("/")
+        config = json.dumps({"architecture": arch, "os": os_, "rootfs": {"type": "layers"}}).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(root, config)},
+            "layers": [
+                {"mediaType": LAYER, **_blob(root, tar({"etc": None}))},
+                {"mediaType": LAYER, **_blob(root, layer)},
+            ],
+        }
+        desc = _blob(root, json.dumps(manifest).encode())
+        manifests.append({"mediaType": manifest["mediaType"], **desc, "platform": {"os": os_, "architecture": arch}})
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+    top = _blob(root, json.dumps(index).encode())
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    return Digest.parse(str(top["digest"]))
+
+
+def test_layout_comparison_names_platform_layer_and_file(tmp_path: Path) -> None:
+    same = tar(FILES)
+    first = _layout(tmp_path / "a", {"linux/amd64": same, "linux/arm64": same})
+    second = _layout(tmp_path / "b", {"linux/amd64": same, "linux/arm64": tar({**FILES, "stamp": b"1"})})
+    equal = compare_layouts(Layout(tmp_path / "a"), Layout(tmp_path / "a"), first, first)
+    assert equal.same_index and equal.same_images
+    c = compare_layouts(Layout(tmp_path / "a"), Layout(tmp_path / "b"), first, second)
+    assert not c.same_index and not c.same_images
+    assert c.platforms["linux/amd64"][0] == c.platforms["linux/amd64"][1]
+    assert c.platforms["linux/arm64"][0] != c.platforms["linux/arm64"][1]
+    diff = c.differences[0]
+    assert (diff.platform, diff.what, diff.layer, diff.path, diff.detail) == (
+        "linux/arm64",
+        "layer",
+        2,
+        "stamp",
+        "only in build 2",
+    )
+    assert diff.describe().startswith("linux/arm64: layer 2 (")
+    assert diff.describe().endswith("): stamp: only in build 2")
+
+
+def test_buildx_argv_starts_empty_and_rewrites_timestamps(tmp_path: Path) -> None:
+    (tmp_path / "images.yaml").write_text(
+        "registry: registry.example/x\n"
+        "attestations: {provenance: true, sbom: true}\n"
+        "components:\n"
+        "  app:\n"
+        "    source: {path: .}\n"
+        "    build: {args: {A: b}, contexts: {'base:1': 'docker-image://registry.example/base:1'}}\n"
+    )
+    config = load_config(tmp_path / "images.yaml")
+    comp = config.components["app"]
+    argv = buildx_argv(
+        config, comp, tmp_path, tmp_path / "Dockerfile", {"A": "b"}, {}, tmp_path / "out", tmp_path / "m.json", 42,
+        attestations=False,
+    )  # fmt: skip
+    assert argv[:4] == ["docker", "buildx", "build", "--no-cache"]
+    assert "--cache-from" not in " ".join(argv)
+    assert argv[argv.index("SOURCE_DATE_EPOCH=42") - 1 :][:2] == ["--build-arg", "SOURCE_DATE_EPOCH=42"]
+    assert f"type=oci,dest={tmp_path / 'out'},tar=false,rewrite-timestamp=true" in argv
+    assert "--provenance=false" in argv and "--sbom=false" in argv
+    assert "base:1=docker-image://registry.example/base:1" in argv
+    with_att = buildx_argv(
+        config, comp, tmp_path, tmp_path / "Dockerfile", {}, {}, tmp_path / "out", tmp_path / "m.json", 42,
+        attestations=True,
+    )  # fmt: skip
+    assert "--provenance=mode=min" in with_att and "--sbom=true" in with_att
+
+
+# --- real builds ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo(
+    tmp_path: Path,
+    registry: LocalRegistry,
+    seeded_base: ImageRef,
+    toolchain: ImageRef,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A copy of examples/demo with its upstreams as git repositories, against the test registry."""
+    seed_busybox(registry.host, "thirdparty/busybox", "1.35")
+    root = tmp_path / "demo"
+    shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns(".upstreams", ".cache"))
+    for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0")):
+        make_git_repo(root / "upstreams" / name, root / ".upstreams" / f"{name}.git", tags=(tag,))
+    monkeypatch.setenv("DEMO_REGISTRY", registry.host)
+    monkeypatch.setenv("ARCHLIFT_CACHE_DIR", str(tmp_path / "cache"))  # an empty source cache too
+    return root / "images.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component", ["hello", "toolbox"])
+def test_every_demo_component_is_reproducible(demo: Path, component: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "archlift", "verify-reproducible", component, str(demo), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=tmp_path,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout)
+    assert out["reproducible"] is True, out
+    assert out["index"][0] == out["index"][1]
+    assert set(out["platforms"]) == {"linux/amd64", "linux/arm64"}
+    assert all(a == b for a, b in out["platforms"].values())
+    assert out["source_date_epoch"] > 0 and len(out["commit"]) == 40
+    assert "attestations: off" in out["policy"]
+
+
+@pytest.mark.slow
+def test_with_attestations_only_the_provenance_differs(demo: Path, registry: LocalRegistry) -> None:
+    seed_sbom_scanner(registry.host)
+    result = verify_component(load_config(demo), "hello", attestations=True)
+    assert result.ok, result.text()
+    c = result.comparison
+    assert not c.same_index  # the index lists the attestation manifests, which differ
+    assert all(a == b for a, b in c.platforms.values())
+    provenance = [d for d in c.attestation_differences if "slsa.dev/provenance" in d.what]
+    assert {d.platform for d in provenance} == {"linux/amd64 attestation", "linux/arm64 attestation"}
+    assert all("buildStartedOn" in d.path and "buildInvocationID" in d.path for d in provenance)
+    assert "platform manifests are equal" in result.text()
+
+
+@pytest.mark.slow
+def test_a_build_that_records_the_clock_is_named(
+    tmp_path: Path, registry: LocalRegistry, seeded_base: ImageRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN date +%s%N > /built-at && echo ok > /same\n")
+    make_git_repo(src, tmp_path / "clock.git", tags=("v1.0.0",))
+    (tmp_path / "images.yaml").write_text(
+        f"registry: {registry.host}/repro\n"
+        "platforms: [linux/amd64]\n"
+        "components:\n"
+        "  clock:\n"
+        "    source: {git: clock.git, ref: v1.0.0}\n"
+        f"    build: {{args: {{BASE: '{seeded_base}'}}}}\n"
+    )
+    monkeypatch.setenv("ARCHLIFT_CACHE_DIR", str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "archlift", "verify-reproducible", "clock", str(tmp_path / "images.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 5, result.stdout + result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("NOT reproducible"))
+    # the base image has two layers; the RUN that records the clock is the third
+    assert "first difference: image: layer 3 (" in line, result.stdout
+    assert line.endswith("): built-at: content differs")
+    assert "then:" not in result.stdout  # the config's rootfs.diff_ids follow from the layer: not a second cause
