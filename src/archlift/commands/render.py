@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -44,13 +43,9 @@ def upstream_files(config: Config) -> list[UpstreamFile]:
             base = config.root
             label = item.path
         else:
-            try:  # written by the sources step; looked up at run time
-                source_tree = importlib.import_module("archlift.sources").source_tree
-            except (ImportError, AttributeError):
-                raise ConfigError(
-                    f"upstream manifest {item.path} of source '{item.source}': this archlift cannot fetch sources yet"
-                ) from None
-            base = Path(source_tree(config, item.source))
+            from ..trees import source_tree
+
+            base = source_tree(config, item.source)
             label = f"{item.source}:{item.path}"
         path = base / item.path
         if not path.is_file():
