@@ -12,10 +12,13 @@ import os
 import random
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +158,12 @@ def plain_registry() -> Iterator[LocalRegistry]:
 
 
 @pytest.fixture(scope="module")
+def source() -> Iterator[LocalRegistry]:
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
 def second_registry() -> Iterator[LocalRegistry]:
     with LocalRegistry() as reg:
         yield reg
@@ -228,6 +237,18 @@ def assert_same(client: RegistryClient, images: dict[str, PushedImage], dst: Loc
             assert sig is not None and src_sig is not None and sig.digest == src_sig.digest
         if img.referrer:
             assert [d.digest for d in client.referrers(repo, img.index)] == [img.referrer]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m archlift ARGS`` in ``cwd``, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "archlift", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
 
 
 # ---------------------------------------------------------------- fault proxy

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mirror_conftest_helpers as h
 import pytest
-from mirror_conftest_helpers import PushedImage, assert_same, make_release, release_lock
+from mirror_conftest_helpers import PushedImage, assert_same, make_release, release_lock, run_cli
 
 from archlift.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_bundle
 from archlift.errors import ConfigError
@@ -22,12 +19,7 @@ from archlift.mirror import Target, check
 from archlift.registry import RegistryClient
 
 no_docker_config = h.no_docker_config
-
-
-@pytest.fixture(scope="module")
-def source() -> Iterator[LocalRegistry]:
-    with LocalRegistry() as reg:
-        yield reg
+source = h.source  # a registry holding the release, per module
 
 
 @pytest.fixture(scope="module")
@@ -160,33 +152,22 @@ def test_not_a_tarball(tmp_path: Path) -> None:
         open_bundle(tmp_path / "missing.tar")
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archlift", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=300,
-    )
-
-
 def test_cli_export_import_and_refusal_exit_status(
     release: dict[str, PushedImage], target: LocalRegistry, tmp_path: Path, no_docker_config: None, bundle: Path
 ) -> None:
     release_lock(release).write(tmp_path / "dist/release.json")
     (tmp_path / "dist/manifests").mkdir()
     (tmp_path / "dist/manifests/a.yaml").write_text("a: 1\n")
-    out = _cli("export", "--output", "b.tar", "--json", cwd=tmp_path)
+    out = run_cli("export", "--output", "b.tar", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["images"] == 3
-    imp = _cli("import", "b.tar", "--to", target.host, "--extract", "x", cwd=tmp_path)
+    imp = run_cli("import", "b.tar", "--to", target.host, "--extract", "x", cwd=tmp_path)
     assert imp.returncode == 0, imp.stderr
     assert (tmp_path / "x/manifests/a.yaml").read_text() == "a: 1\n"
     assert (tmp_path / "x/release.json").is_file()
     assert_same(RegistryClient(), release, target)
     bad = tmp_path / "bad.tar"
     _rewrite(bundle, bad, _adding(_extra("../../evil")))
-    refused = _cli("import", str(bad), "--to", target.host, cwd=tmp_path)
+    refused = run_cli("import", str(bad), "--to", target.host, cwd=tmp_path)
     assert refused.returncode == 2 and "outside the extraction root" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import mirror_conftest_helpers as h
 import pytest
-from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_release, release_lock
+from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_release, release_lock, run_cli
 
 from archlift.errors import ConfigError, MirrorError
 from archlift.localenv import LocalRegistry
@@ -210,34 +209,23 @@ def test_corrupted_blob_fails_that_image_and_moves_no_tag(
     assert not client.blob_exists(target.ref("rel/c1"), victim)
 
 
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archlift", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
-
-
 def test_cli_mirror_report_and_bad_input(
     source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
 ) -> None:
     client = RegistryClient()
     images = make_release(client, source, n=2)
     release_lock(images).write(tmp_path / "dist/release.json")
-    bad = _cli("mirror", "--to", "nohost", cwd=tmp_path)
+    bad = run_cli("mirror", "--to", "nohost", cwd=tmp_path)
     assert bad.returncode == 2 and "REGISTRY[/PREFIX]" in bad.stderr
-    assert _cli("mirror", "--to", target.host, "--jobs", "0", cwd=tmp_path).returncode == 2
-    assert _cli("mirror", "--to", target.host, "--lock", "nope.json", cwd=tmp_path).returncode == 2
-    out = _cli("mirror", "--to", f"{target.host}/x", "--json", cwd=tmp_path)
+    assert run_cli("mirror", "--to", target.host, "--jobs", "0", cwd=tmp_path).returncode == 2
+    assert run_cli("mirror", "--to", target.host, "--lock", "nope.json", cwd=tmp_path).returncode == 2
+    out = run_cli("mirror", "--to", f"{target.host}/x", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["ok"] and len(data["images"]) == 2
     report = json.loads((tmp_path / "dist/mirror-report.json").read_text())
     assert report["images"] == data["images"]
-    text = _cli("mirror", "--to", f"{target.host}/x", cwd=tmp_path)
+    text = run_cli("mirror", "--to", f"{target.host}/x", cwd=tmp_path)
     assert text.returncode == 0 and "2 image(s) were up to date" in text.stdout
 
 
@@ -277,7 +265,7 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
     first = target.blob_uploads()
     unique = set().union(*(img.blobs for img in images.values()))
     assert 0 < first < len(unique), "the mirror should have been killed midway"
-    out = _cli("mirror", "--to", target.host, "--json", cwd=tmp_path)
+    out = run_cli("mirror", "--to", target.host, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert target.blob_uploads() == len(unique)  # nothing uploaded twice

@@ -692,7 +692,7 @@ class RegistryClient:
         *,
         location: str | None = None,
         progress: Callable[[int], None] | None = None,
-        attempts: int = 4,
+        attempts: int | None = None,
     ) -> int:
         """Stream a blob from ``src`` to ``dst`` (GET -> PUT, never whole in memory),
         verifying its sha256 before the upload is committed. Returns bytes sent."""
@@ -714,15 +714,16 @@ class RegistryClient:
         origin: str,
         location: str | None = None,
         progress: Callable[[int], None] | None = None,
-        attempts: int = 4,
+        attempts: int | None = None,
     ) -> int:
         """Upload a blob whose bytes ``opener()`` yields (with a close function),
         verifying size and digest before the registry may commit it.
 
         A temporary failure anywhere restarts with a new reader and a new upload
-        session, at most ``attempts`` times. Returns the bytes sent.
+        session, at most ``attempts`` times (default: the client's retries + 1). Returns the bytes sent.
         """
         context = f'copying blob {desc.digest.short()} to "{dst.name}"'
+        attempts = attempts or self.retries + 1
         for attempt in range(attempts):
             sent = [0]
             try:

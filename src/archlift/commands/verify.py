@@ -1,0 +1,46 @@
+"""archlift verify: does a registry hold the release, digest for digest?"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import DEFAULT_LOCK, add_json_arg, print_json
+from .mirror import add_client_args, make_client
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check that a registry holds every image of the release with the same digests",
+        description="Compare REGISTRY[/PREFIX] with the release lock: every image index, platform manifest, "
+        "attestation and tag present with the lock's digests; referrers and cosign signature tags compared "
+        "with the source registry when it can be reached. Exit status 9 on any mismatch.",
+    )
+    p.add_argument("--registry", required=True, metavar="REGISTRY[/PREFIX]", help="the registry to check")
+    p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
+    p.add_argument("--deep", action="store_true", help="also check that every blob is present")
+    add_client_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import VerifyError
+    from ..lock import ReleaseLock
+    from ..mirror import Target, verify_target
+
+    target = Target.parse(args.registry, option="--registry")
+    lock = ReleaseLock.read(args.lock)
+    report = verify_target(lock, target, make_client(args), deep=args.deep, jobs=args.jobs)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(report.summary())
+    if not report.ok:
+        bad = [i.name for i in report.images if i.problems]
+        raise VerifyError(
+            f"{target} does not match the release: {', '.join(bad)}",
+            hint=f"run 'archlift mirror --to {target}' to copy what is missing",
+        )
+    return 0
