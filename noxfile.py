@@ -34,7 +34,7 @@ def _archlift(session: nox.Session, *args: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """All tests: unit tests and integration tests against the real engine and registries."""
-    _install(session, "test")
+    _install(session, "test", "lint")  # the workflow tests run actionlint and zizmor
     session.run("pytest", "-q", "-n", os.environ.get("ARCHLIFT_TEST_WORKERS", "2"), *session.posargs)
 
 

@@ -624,17 +624,20 @@ def write_files(root: Path, files: Mapping[str, str | bytes | None]) -> Path:
     return root
 
 
+SBOM_SCANNER_DIR = Path(__file__).resolve().parent / "data" / "sbom-scanner"
+
+
 def seed_sbom_scanner(registry_host: str, repository: str = "base/sbom-scanner", tag: str = "1") -> ImageRef:
-    """Build archlift's own BuildKit SBOM generator (build/sbom-scanner) on the seeded busybox
+    """Build archlift's own BuildKit SBOM generator (archlift/data/sbom-scanner) on the seeded busybox
     base and push it; returns ``host/repository:tag@digest``. Idempotent like ``seed_busybox``."""
     ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
     existing = _existing(ref)
     if existing:
         return existing
     base = seed_busybox(registry_host)
-    source = Path(__file__).resolve().parents[2] / "build" / "sbom-scanner"
+    source = SBOM_SCANNER_DIR
     if not (source / "Dockerfile").is_file():
-        raise ToolMissing(f"{source}: the SBOM scanner's Dockerfile is missing (run from an archlift checkout)")
+        raise ToolMissing(f"{source}: the SBOM scanner's Dockerfile is missing from the installed package")
     with tempfile.TemporaryDirectory(prefix="archlift-seed-") as tmp:
         context = Path(tmp) / "context"
         shutil.copytree(source, context)
