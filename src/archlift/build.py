@@ -358,7 +358,7 @@ def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, repo
     start = time.monotonic()
     try:
         if decision.action == "fail":
-            raise BuildError(f"{comp.name}: {decision.reason}")
+            raise BuildError(decision.reason)  # already names the component
         if comp.mirror:
             release = copy_mirror(ws, comp, report)
             return Outcome(comp.name, "copied", time.monotonic() - start, release)
