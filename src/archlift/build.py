@@ -68,7 +68,7 @@ class Outcome:
     """What happened to one component in this run."""
 
     name: str
-    status: str  # built | skipped | copied | failed
+    status: str  # built | skipped | copied | present (mirrored, already there) | failed
     seconds: float
     release: ComponentRelease | None = None
     error: str = ""
@@ -360,8 +360,8 @@ def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, repo
         if decision.action == "fail":
             raise BuildError(decision.reason)  # already names the component
         if comp.mirror:
-            release = copy_mirror(ws, comp, report)
-            return Outcome(comp.name, "copied", time.monotonic() - start, release)
+            release, copied = copy_mirror(ws, comp, report)
+            return Outcome(comp.name, "copied" if copied else "present", time.monotonic() - start, release)
         inputs, resolved, patch_hash = (
             inputs_for(ws, comp)
             if decision.inputs is None
@@ -409,8 +409,9 @@ def _release_entry(
     )
 
 
-def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> ComponentRelease:
-    """Copy a third-party image into our repository by digest (no tag yet), with the mirror engine."""
+def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> tuple[ComponentRelease, bool]:
+    """Copy a third-party image into our repository by digest (no tag yet), with the mirror engine;
+    returns its release entry and whether anything had to be copied."""
     from .mirror import ImagePlan, MirrorPlan, Target, check, mirror
 
     assert comp.mirror is not None
@@ -419,7 +420,8 @@ def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> ComponentRe
     if desc is None:
         raise BuildError(f"{comp.name}: the mirrored image {source} does not exist")
     target = comp.image.with_digest(desc.digest)
-    if ws.client.head_manifest(target) is None:
+    copied = ws.client.head_manifest(target) is None
+    if copied:
         report(comp.name, "", f"copying {source}")
         wanted = tuple(str(p) for p in comp.platforms)
         one = ImagePlan(comp.name, source.with_digest(desc.digest), comp.image, (), wanted)
@@ -431,7 +433,7 @@ def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> ComponentRe
             f"{comp.name}: the mirrored image {source} lacks {', '.join(sorted(missing))}",
             hint="mirror an image that ships every platform, or build this component from source",
         )
-    return ComponentRelease(
+    release = ComponentRelease(
         name=comp.name,
         kind="mirrored",
         repository=comp.image.name,
@@ -442,6 +444,7 @@ def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> ComponentRe
         media_type=desc.media_type,
         built_at="",
     )
+    return release, copied
 
 
 # --- releasing -----------------------------------------------------------------

@@ -130,7 +130,7 @@ def _print_summary(result: object, lock: Path) -> None:
     elif result.ok and result.lock:
         built = sum(1 for o in result.outcomes if o.status == "built")
         print(
-            f"\nrelease complete: {built} built, {len(result.outcomes) - built} unchanged or copied; "
+            f"\nrelease complete: {built} built, {len(result.outcomes) - built} unchanged or mirrored; "
             f"{result.tags_moved} tags moved; lock written to {lock}"
         )
         for rel in result.lock.components.values():
