@@ -170,3 +170,54 @@ def test_cli_report(tmp_path: Path) -> None:
     missing = _cli("report", "--lock", "nope.json", cwd=tmp_path)
     assert missing.returncode == ConfigError.exit_code
     assert "no release lock here" in missing.stderr
+
+
+# --- the whole release chain, for real ------------------------------------------------------
+
+from test_reproducible import make_demo  # noqa: E402
+
+from archlift.localenv import LocalRegistry, seed_sbom_scanner  # noqa: E402
+from archlift.refs import ImageRef  # noqa: E402
+
+
+@pytest.mark.slow
+def test_release_chain_build_render_publish_sign_report(
+    registry: LocalRegistry,
+    seeded_base: ImageRef,
+    toolchain: ImageRef,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commands `nox -s release` chains, on the demo: the report shows what was really released."""
+    seed_sbom_scanner(registry.host)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    env = {"COSIGN_PASSWORD": "chain"}
+    subprocess.run(["cosign", "generate-key-pair"], cwd=keys, env={**os.environ, **env}, check=True, timeout=60)
+    demo = make_demo(tmp_path, registry, monkeypatch)
+    work = demo.parent
+    target = f"{registry.host}/chain"  # its own repositories in the shared registry
+    steps = [
+        ("build", str(demo), "--registry", target),
+        ("render", str(demo)),  # images come from the lock
+        ("publish", "--to", f"{target}/manifests:v1"),
+        ("sign", "--key", str(keys / "cosign.key")),
+        ("report", "-q"),
+    ]
+    for argv in steps:
+        result = _cli(*argv, cwd=work, env=env)
+        assert result.returncode == 0, f"archlift {' '.join(argv)}:\n{result.stdout}{result.stderr}"
+    lock = ReleaseLock.read(work / "dist" / "release.json")
+    report = (work / "dist" / "release-report.md").read_text()
+    assert set(lock.components) == {"hello", "toolbox", "busybox"}
+    assert "- signatures: 3 of 3 verified" in report
+    for comp in lock.components.values():
+        assert f"- image: `{comp.ref}`" in report
+        for platform, digest in comp.platforms.items():
+            assert f"| {platform} | `{digest}` |" in report
+    hello = lock.components["hello"]
+    assert hello.upstream and f"- commit: `{hello.upstream.commit}`" in report
+    assert "`patches/hello/0001-Build-for-the-target-architecture.patch`" in report
+    artifact = json.loads((work / "dist" / "manifests-artifact.json").read_text())
+    for a in artifact["artifacts"].values():
+        assert f"`{a['ref']}`" in report

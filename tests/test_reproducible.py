@@ -154,6 +154,18 @@ def test_buildx_argv_starts_empty_and_rewrites_timestamps(tmp_path: Path) -> Non
 # --- real builds ------------------------------------------------------------------------------
 
 
+def make_demo(tmp_path: Path, registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of examples/demo with its upstreams as git repositories, against ``registry`` (bases seeded)."""
+    seed_busybox(registry.host, "thirdparty/busybox", "1.35")
+    root = tmp_path / "demo"
+    shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns(".upstreams", ".cache", "dist"))
+    for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0")):
+        make_git_repo(root / "upstreams" / name, root / ".upstreams" / f"{name}.git", tags=(tag,))
+    monkeypatch.setenv("DEMO_REGISTRY", registry.host)
+    monkeypatch.setenv("ARCHLIFT_CACHE_DIR", str(tmp_path / "cache"))  # an empty source cache too
+    return root / "images.yaml"
+
+
 @pytest.fixture
 def demo(
     tmp_path: Path,
@@ -162,15 +174,7 @@ def demo(
     toolchain: ImageRef,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
-    """A copy of examples/demo with its upstreams as git repositories, against the test registry."""
-    seed_busybox(registry.host, "thirdparty/busybox", "1.35")
-    root = tmp_path / "demo"
-    shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns(".upstreams", ".cache"))
-    for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0")):
-        make_git_repo(root / "upstreams" / name, root / ".upstreams" / f"{name}.git", tags=(tag,))
-    monkeypatch.setenv("DEMO_REGISTRY", registry.host)
-    monkeypatch.setenv("ARCHLIFT_CACHE_DIR", str(tmp_path / "cache"))  # an empty source cache too
-    return root / "images.yaml"
+    return make_demo(tmp_path, registry, monkeypatch)
 
 
 @pytest.mark.slow
