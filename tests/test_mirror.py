@@ -131,6 +131,8 @@ def test_mirror_preserves_digests_sends_shared_blobs_once_and_remirror_sends_not
     unique = set().union(*(img.blobs for img in images.values()))
     assert target.blob_uploads() == len(unique)  # the shared layer and "{}" configs: sent once
     assert sum(i.blobs_sent for i in result.images) == len(unique)
+    sizes = {d: len(client.get_blob(img.ref, d)) for img in images.values() for d in img.blobs}
+    assert result.bytes_sent == sum(sizes.values())  # every unique byte once, counted right across threads
     assert sum(i.blobs_mounted for i in result.images) >= 2  # the shared layer into two more repositories
     c0 = next(i for i in result.images if i.name == "c0")
     assert c0.extra_tags and c0.referrers >= 2

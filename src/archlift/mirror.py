@@ -265,17 +265,37 @@ class Work:
     bytes_sent: int = 0
     manifests_pushed: int = 0
     error: str = ""
+    remaining: int = 0  # blobs not yet handled
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, message: str) -> None:
         with self.lock:
             self.error = self.error or message
 
+    def count(self, *, sent: int = 0, skipped: int = 0, mounted: int = 0, nbytes: int = 0) -> None:
+        """Blob counters; several worker threads count for one image at once."""
+        with self.lock:
+            self.sent += sent
+            self.skipped += skipped
+            self.mounted += mounted
+            self.bytes_sent += nbytes
+
     def all_blobs(self) -> dict[Digest, Descriptor]:
         out = dict(self.tree.blobs)
         for _, t in self.extras:
             out.update(t.blobs)
         return out
+
+
+@dataclass(eq=False)
+class _BlobState:
+    """One digest across the images that need it."""
+
+    desc: Descriptor
+    pending: list[Work] = field(default_factory=list)  # images waiting for it (guarded by the mirror's lock)
+    running: bool = False
+    home: ImageRef | None = None  # a target repository that has it: mount from there
+    done: set[str] = field(default_factory=set)  # target repositories that have it
 
 
 def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
@@ -369,6 +389,11 @@ class _Mirror:
         self.client = client
         self.jobs = max(1, jobs)
         self.progress = progress
+        self._cond = threading.Condition()
+        self._states: dict[Digest, _BlobState] = {}
+        self._finished = 0
+        self._total = 0
+        self._crash: BaseException | None = None
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
@@ -410,35 +435,42 @@ class _Mirror:
         w.up_to_date = not (w.tags_to_move or w.tree.manifests or w.extras)
 
     # --- blobs (per digest, across images) -----------------------------
-    def blob(self, desc: Descriptor, users: list[Work]) -> None:
+    def blob(self, st: _BlobState, users: list[Work]) -> None:
         """One blob into every target repository that needs it: HEAD, then send once, mount elsewhere."""
-        c = self.client
+        c, desc = self.client, st.desc
         by_repo: dict[str, list[Work]] = {}
         for w in users:
             by_repo.setdefault(w.plan.target.repository, []).append(w)
-        first = users[0]
-        origin = self.source.mount_from(first.plan, first.plan.target)
-        home = origin
-        for works in by_repo.values():
+        origin = self.source.mount_from(users[0].plan, users[0].plan.target)
+        for repo, works in by_repo.items():
+            if repo in st.done:  # an earlier image with the same target repository brought it
+                for other in works:
+                    other.count(skipped=1)
+                    self.progress.advance(desc.size)
+                continue
             w = works[0]
             dst = w.plan.target
+            home = st.home or origin
             try:
                 location: str | None = None
                 if home is not None:
                     location = c.start_upload(dst, mount=desc.digest, mount_from=home)
                     if location is None:
-                        w.mounted += 1
+                        w.count(mounted=1)
                         self.progress.advance(desc.size)
-                        home = origin or dst
+                        st.done.add(repo)
+                        st.home = st.home or dst
                         continue
                 elif c.blob_exists(dst, desc.digest):
-                    w.skipped += 1
+                    w.count(skipped=1)
                     self.progress.advance(desc.size)
-                    home = dst
+                    st.done.add(repo)
+                    st.home = dst
                     continue
-                w.bytes_sent += self.source.send(w.plan, dst, desc, location, self.progress)
-                w.sent += 1
-                home = origin or dst
+                n = self.source.send(w.plan, dst, desc, location, self.progress)
+                w.count(sent=1, nbytes=n)
+                st.done.add(repo)
+                st.home = st.home or dst
             except DigestMismatch as e:
                 for other in works:
                     other.fail(e.message)
@@ -447,7 +479,8 @@ class _Mirror:
                     other.fail(f"blob {desc.digest.short()}: {e.message}")
             finally:
                 for other in works[1:]:
-                    other.skipped += 1
+                    other.count(skipped=1)
+                    self.progress.advance(desc.size)
 
     # --- manifests and tags (per image) --------------------------------
     def push(self, w: Work) -> None:
@@ -469,31 +502,81 @@ class _Mirror:
         except RegistryError as e:
             w.fail(e.message)
 
+    # --- the pipeline ----------------------------------------------------
+    # Manifests (discovery, then pushes) run on a small pool; blobs on the ``jobs``
+    # pool. An image's blobs start as soon as that image is discovered, and its
+    # manifests and tags go as soon as its last blob is there. One task per digest
+    # serves every image that needs the blob, so each is sent once.
+    def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                fn(*args)
+            except BaseException as e:  # a bug: keep it, finish the bookkeeping, raise it at the end
+                with self._cond:
+                    self._crash = self._crash or e
+                    self._finished = len(self.plan.images)
+                    self._cond.notify_all()
+                raise
+
+        pool.submit(guarded)
+
+    def _discovered(self, w: Work) -> None:
+        try:
+            self.discover(w)
+        except RegistryError as e:
+            w.fail(e.message)
+        blobs = {} if w.error else w.all_blobs()
+        start: list[_BlobState] = []
+        with self._cond:
+            w.remaining = len(blobs)
+            self._total += sum(d.size for d in blobs.values())
+            for digest, desc in sorted(blobs.items(), key=lambda kv: -kv[1].size):  # biggest first
+                st = self._states.setdefault(digest, _BlobState(desc))
+                st.pending.append(w)
+                if not st.running:
+                    st.running = True
+                    start.append(st)
+        self.progress.start(self._total)
+        if not blobs:
+            self._spawn(self._meta_pool, self._pushed, w)
+        for st in start:
+            self._spawn(self._blob_pool, self._blob_task, st)
+
+    def _blob_task(self, st: _BlobState) -> None:
+        while True:
+            with self._cond:
+                batch, st.pending = st.pending, []
+                if not batch:
+                    st.running = False
+                    return
+            self.blob(st, batch)
+            for w in batch:
+                with self._cond:
+                    w.remaining -= 1
+                    last = w.remaining == 0
+                if last:
+                    self._spawn(self._meta_pool, self._pushed, w)
+
+    def _pushed(self, w: Work) -> None:
+        self.push(w)
+        with self._cond:
+            self._finished += 1
+            self._cond.notify_all()
+
     def run(self) -> MirrorResult:
         start = time.monotonic()
         requests_before = self.client.requests
         works = [Work(p) for p in self.plan.images]
-        with ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror") as pool:
-            for w, fut in [(w, pool.submit(self.discover, w)) for w in works]:
-                try:
-                    fut.result()
-                except RegistryError as e:
-                    w.fail(e.message)
-            users: dict[Digest, list[Work]] = {}
-            descs: dict[Digest, Descriptor] = {}
+        with (
+            ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror-blob") as self._blob_pool,
+            ThreadPoolExecutor(8, thread_name_prefix="mirror-meta") as self._meta_pool,
+        ):
             for w in works:
-                if w.error:
-                    continue
-                for d, desc in w.all_blobs().items():
-                    descs[d] = desc
-                    users.setdefault(d, []).append(w)
-            # biggest first: the long copies start early and the pool stays busy
-            order = sorted(descs, key=lambda d: -descs[d].size)
-            self.progress.start(sum(descs[d].size for d in order))
-            for fut in [pool.submit(self.blob, descs[d], users[d]) for d in order]:
-                fut.result()
-            for fut in [pool.submit(self.push, w) for w in works]:
-                fut.result()
+                self._spawn(self._meta_pool, self._discovered, w)
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished >= len(works))
+        if self._crash is not None:
+            raise self._crash
         return MirrorResult(
             str(self.plan.target),
             tuple(self._result(w) for w in works),

@@ -19,7 +19,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="allow plain HTTP and unverified TLS for a non-loopback registry"
     )
     p.add_argument("--ca-file", metavar="FILE", help="trust this CA for the registries' TLS certificates")
-    p.add_argument("--jobs", "-j", type=int, default=8, metavar="N", help="copies at once (default 8)")
+    p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help="blob copies at once (default 4)")
 
 
 def make_client(args: argparse.Namespace) -> Any:

@@ -25,6 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -699,7 +700,7 @@ class RegistryClient:
 
         def opener() -> tuple[Iterable[bytes], Callable[[], None]]:
             resp = self.open_blob(src, desc.digest)
-            return resp.stream(CHUNK, decode_content=False), resp.release_conn
+            return _body_chunks(resp), resp.release_conn
 
         return self.upload_stream(
             dst, desc, opener, origin=f'"{src.name}"', location=location, progress=progress, attempts=attempts
@@ -745,6 +746,25 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
 
+def _body_chunks(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The response body in chunks of up to ``CHUNK`` bytes, read straight into two
+    alternating buffers (no copies): a chunk is valid until the next-but-one is read,
+    which is how ``_verified`` and the upload consume them."""
+    fp = getattr(resp, "_fp", None)
+    if fp is None or not hasattr(fp, "readinto"):
+        yield from resp.stream(CHUNK, decode_content=False)
+        return
+    buffers = (bytearray(CHUNK), bytearray(CHUNK))
+    views = (memoryview(buffers[0]), memoryview(buffers[1]))
+    i = 0
+    while True:
+        n = fp.readinto(buffers[i])
+        if not n:
+            return
+        yield views[i][:n]  # type: ignore[misc]  # a memoryview is bytes-like for hashing and sending
+        i ^= 1
+
+
 def _verified(
     chunks: Iterable[bytes],
     desc: Descriptor,
@@ -773,7 +793,7 @@ def _verified(
                 if progress:
                     progress(len(held))
             held = chunk
-    except (ue.ProtocolError, ue.TimeoutError, ue.HTTPError, ConnectionError, TimeoutError) as e:
+    except (ue.HTTPError, HTTPException, OSError) as e:  # a reset, a timeout, a short body
         raise RequestFailed(
             f"reading blob {desc.digest.short()} from {origin}: {e.__class__.__name__}", temporary=True
         ) from None
