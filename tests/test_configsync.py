@@ -69,7 +69,7 @@ def test_plan_lists_every_config_sync_image() -> None:
     plan = {c["name"]: c for c in json.loads(proc.stdout)["components"]}
     assert set(plan) == set(BUILT) | set(MIRRORED)
     patches = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "patches" / "config-sync").glob("*.patch"))
-    assert len(patches) == 3
+    assert len(patches) == 4
     for name in BUILT:
         c = plan[name]
         assert c["source"]["git"] == "https://github.com/GoogleContainerTools/kpt-config-sync.git"
@@ -185,6 +185,16 @@ def test_reconciler_template_in_the_configmap_is_rewritten(
     assert by_container["git-sync"] == str(lock.components["git-sync"].ref)
     assert by_container["reconciler"] == str(lock.components["reconciler"].ref)
     assert by_container["otel-agent"] == str(lock.components["otel-collector"].ref)
+
+
+def test_with_shell_image_is_given_to_the_reconciler_manager_by_digest(
+    rendered: tuple[ReleaseLock, list[dict[str, Any]], str],
+) -> None:
+    """Patch 0004: enableShellInRendering needs the with-shell image, which a digest cannot be renamed to."""
+    lock, docs, _ = rendered
+    manager = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "reconciler-manager")
+    env = {e["name"]: e["value"] for c in manager["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert env["HYDRATION_CONTROLLER_WITH_SHELL_IMAGE"] == str(lock.components["hydration-controller-with-shell"].ref)
 
 
 def test_every_placeholder_in_the_tree_is_replaced_by_a_component(config: Config) -> None:
