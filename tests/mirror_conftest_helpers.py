@@ -220,9 +220,13 @@ def make_release(
     return out
 
 
-def assert_same(client: RegistryClient, images: dict[str, PushedImage], dst: LocalRegistry, prefix: str = "") -> None:
+def assert_same(
+    client: RegistryClient, images: dict[str, PushedImage], dst: LocalRegistry | str, prefix: str = ""
+) -> None:
+    """Every image, tag, manifest, blob, signature tag and referrer of ``images`` is on ``dst``, same digests."""
+    host = dst if isinstance(dst, str) else dst.host
     for img in images.values():
-        repo = ImageRef(dst.host, (prefix + "/" if prefix else "") + img.ref.repository)
+        repo = ImageRef(host, (prefix + "/" if prefix else "") + img.ref.repository)
         for tag in ("v1", "latest"):
             head = client.head_manifest(repo.with_tag(tag))
             assert head is not None and head.digest == img.index, (repo, tag)
