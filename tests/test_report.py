@@ -194,7 +194,7 @@ def test_release_chain_build_render_publish_sign_report(
     keys.mkdir()
     env = {"COSIGN_PASSWORD": "chain"}
     subprocess.run(["cosign", "generate-key-pair"], cwd=keys, env={**os.environ, **env}, check=True, timeout=60)
-    demo = make_demo(tmp_path, registry, monkeypatch)
+    demo = make_demo(tmp_path, registry, seeded_base, monkeypatch)
     work = demo.parent
     target = f"{registry.host}/chain"  # its own repositories in the shared registry
     steps = [

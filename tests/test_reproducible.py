@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner
+from archlift.localenv import LocalRegistry, make_git_repo, seed_sbom_scanner
+from archlift.mirror import ImagePlan, MirrorPlan, Target, check, mirror
 from archlift.model import load_config
 from archlift.ocilayout import Layout
 from archlift.refs import Digest, ImageRef
+from archlift.registry import RegistryClient
 from archlift.reproducible import buildx_argv, compare_layer_blobs, compare_layouts, verify_component
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,9 +156,14 @@ def test_buildx_argv_starts_empty_and_rewrites_timestamps(tmp_path: Path) -> Non
 # --- real builds ------------------------------------------------------------------------------
 
 
-def make_demo(tmp_path: Path, registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of examples/demo with its upstreams as git repositories, against ``registry`` (bases seeded)."""
-    seed_busybox(registry.host, "thirdparty/busybox", "1.35")
+def make_demo(tmp_path: Path, registry: LocalRegistry, base: ImageRef, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of examples/demo with its upstreams as git repositories, against ``registry`` where ``base``
+    (the seeded busybox) and the toolchain are; thirdparty/busybox:1.35 is copied from ``base``."""
+    assert base.digest
+    third = registry.ref("thirdparty/busybox")
+    copy = ImagePlan("busybox", base, third, ("1.35",), ("linux/amd64", "linux/arm64"))
+    with RegistryClient() as client:
+        check(mirror(MirrorPlan(Target(registry.host), (copy,)), client))
     root = tmp_path / "demo"
     shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns(".upstreams", ".cache", "dist"))
     for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0")):
@@ -174,7 +181,7 @@ def demo(
     toolchain: ImageRef,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
-    return make_demo(tmp_path, registry, monkeypatch)
+    return make_demo(tmp_path, registry, seeded_base, monkeypatch)
 
 
 @pytest.mark.slow
@@ -218,7 +225,10 @@ def test_a_build_that_records_the_clock_is_named(
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN date +%s%N > /built-at && echo ok > /same\n")
+    # what a build records of its run: a fresh random id every time the step runs
+    (src / "Dockerfile").write_text(
+        "ARG BASE\nFROM ${BASE}\nRUN cat /proc/sys/kernel/random/uuid > /built-at && echo ok > /same\n"
+    )
     make_git_repo(src, tmp_path / "clock.git", tags=("v1.0.0",))
     (tmp_path / "images.yaml").write_text(
         f"registry: {registry.host}/repro\n"
@@ -243,3 +253,62 @@ def test_a_build_that_records_the_clock_is_named(
     assert "first difference: image: layer 3 (" in line, result.stdout
     assert line.endswith("): built-at: content differs")
     assert "then:" not in result.stdout  # the config's rootfs.diff_ids follow from the layer: not a second cause
+
+
+def test_a_result_that_differs_from_the_release_is_not_ok() -> None:
+    from archlift.reproducible import Comparison, Result
+
+    a, b = Digest.of(b"a"), Digest.of(b"b")
+    same = Comparison(a, a, {"linux/amd64": (b, b)})
+    assert Result("x", 1, "0" * 40, False, same).ok
+    assert Result("x", 1, "0" * 40, False, same, released={"linux/amd64": b}).matches_release is True
+    off = Result("x", 1, "0" * 40, False, same, released={"linux/amd64": a})
+    assert off.matches_release is False and not off.ok
+    assert "NOT the released image" in off.text()
+    assert off.to_json()["matches_release"] is False
+
+
+@pytest.mark.slow
+def test_the_release_build_with_epoch_and_rewritten_timestamps_is_rebuilt_exactly(
+    demo: Path, registry: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SOURCE_DATE_EPOCH (the commit time) and rewrite-timestamp=true in the release build, as
+    ``run_buildx`` is asked to set them, a rebuild from empty caches gives the released platform manifests
+    (provenance, SBOM and the registry cache on in the release build; they do not touch the images)."""
+    from python_on_whales import docker
+
+    from archlift.build import execute
+    from archlift.lock import ReleaseLock
+    from archlift.plan import make_plan
+
+    seed_sbom_scanner(registry.host)
+    config = load_config(demo, registry=f"{registry.host}/reproduced")
+    epochs = {c.name: 0 for c in config.components.values()}
+    buildx = type(docker.buildx)
+    real_build = buildx.build
+
+    def build_like_the_hook(self: object, context: object, **kw: object) -> object:
+        # The two options run_buildx is to pass (idempotent once it does).
+        from archlift.sources import resolve
+
+        labels = kw["labels"]
+        assert isinstance(labels, dict)
+        comp = config.components[labels["dev.archlift.component"]]
+        assert comp.source is not None
+        epoch = resolve(comp.source).commit_time
+        epochs[comp.name] = epoch
+        kw["build_args"] = {**kw.get("build_args", {}), "SOURCE_DATE_EPOCH": str(epoch)}  # type: ignore[dict-item]
+        kw["output"] = {**kw["output"], "rewrite-timestamp": "true"}  # type: ignore[dict-item]
+        return real_build(self, context, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(buildx, "build", build_like_the_hook)
+    lock_path = tmp_path / "dist" / "release.json"
+    result = execute(make_plan(config, ["hello", "toolbox"]), lock_path=lock_path, force=True)
+    assert result.ok, [o.error for o in result.outcomes]
+    monkeypatch.setattr(buildx, "build", real_build)
+    lock = ReleaseLock.read(lock_path)
+    for name in ("hello", "toolbox"):
+        rebuilt = verify_component(config, name, released=dict(lock.component(name).platforms))
+        assert rebuilt.epoch == epochs[name] > 0
+        assert rebuilt.matches_release is True, rebuilt.text()
+        assert rebuilt.ok

@@ -98,12 +98,20 @@ class Result:
     attestations: bool
     comparison: Comparison
     kept: tuple[Path, ...] = ()
+    released: dict[str, Digest] | None = None  # the lock's platform manifests, when compared with them
+
+    @property
+    def matches_release(self) -> bool | None:
+        """Whether the rebuilt platform manifests are the released ones (None: not compared)."""
+        if self.released is None:
+            return None
+        rebuilt = {p: a for p, (a, _) in self.comparison.platforms.items()}
+        return rebuilt == self.released
 
     @property
     def ok(self) -> bool:
-        if self.attestations:
-            return self.comparison.same_images
-        return self.comparison.same_index
+        same = self.comparison.same_images if self.attestations else self.comparison.same_index
+        return same and self.matches_release is not False
 
     def to_json(self) -> dict[str, Any]:
         c = self.comparison
@@ -119,6 +127,8 @@ class Result:
             "differences": [d.describe() for d in c.differences],
             "attestation_differences": [d.describe() for d in c.attestation_differences],
             "kept": [str(p) for p in self.kept],
+            "released": {p: str(d) for p, d in sorted(self.released.items())} if self.released is not None else None,
+            "matches_release": self.matches_release,
         }
 
     def text(self) -> str:
@@ -138,9 +148,19 @@ class Result:
             lines += [f"  then: {d.describe()}" for d in c.differences[1:6]]
         for d in c.attestation_differences[:8]:
             lines.append(f"  attestation (expected to differ): {d.describe()}")
+        if self.released is not None:
+            for platform, digest in sorted(self.released.items()):
+                rebuilt = c.platforms.get(platform, (None, None))[0]
+                mark = "same as released" if rebuilt == digest else "DIFFERENT from the release"
+                lines.append(f"  released {platform:<14} {digest.short()} {mark}")
+            if not self.matches_release:
+                lines.append(
+                    "NOT the released image: the release build must use the same SOURCE_DATE_EPOCH, "
+                    "rewrite-timestamp=true, build args, contexts and labels"
+                )
         if self.ok:
             what = "index digests are equal" if c.same_index else "platform manifests are equal"
-            lines.append(f"reproducible: the {what}")
+            lines.append(f"reproducible: the {what}" + (", and equal to the release" if self.released else ""))
         for p in self.kept:
             lines.append(f"  kept: {p}")
         return "\n".join(lines)
@@ -200,9 +220,11 @@ def verify_component(
     *,
     attestations: bool = False,
     keep: Path | None = None,
+    released: dict[str, Digest] | None = None,
     say: Say = lambda _: None,
 ) -> Result:
-    """Build ``name`` twice from empty caches and compare the two OCI layouts."""
+    """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
+    names the platform manifests of a release, the rebuilt ones with them)."""
     from .build import _labels, inputs_for, workspace
     from .proc import run
 
@@ -251,7 +273,7 @@ def verify_component(
                 shutil.move(str(path), target)
                 kept_paths.append(target)
             kept = tuple(kept_paths)
-        return Result(name, epoch, resolved.commit, attestations, comparison, kept)
+        return Result(name, epoch, resolved.commit, attestations, comparison, kept, released)
 
 
 # --- comparing ----------------------------------------------------------------

@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_arg(r)
     r.add_argument("--attestations", action="store_true", help="build with provenance/SBOM as images.yaml sets")
     r.add_argument("--keep", type=Path, metavar="DIR", help="keep both OCI layouts under DIR for inspection")
+    r.add_argument(
+        "--lock",
+        type=Path,
+        metavar="LOCK",
+        help="also require the rebuilt platform manifests to equal the ones this release lock records "
+        "(the release build must set SOURCE_DATE_EPOCH and rewrite-timestamp too)",
+    )
     add_json_arg(r)
     r.set_defaults(func=run_reproducible)
 
@@ -64,8 +71,15 @@ def run_reproducible(args: argparse.Namespace) -> int:
     from ..reproducible import verify_component
 
     config = load_config(args.config)
+    released = None
+    if args.lock:
+        from ..lock import ReleaseLock
+
+        released = dict(ReleaseLock.read(args.lock).component(args.component).platforms)
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    result = verify_component(config, args.component, attestations=args.attestations, keep=args.keep, say=say)
+    result = verify_component(
+        config, args.component, attestations=args.attestations, keep=args.keep, released=released, say=say
+    )
     if args.json:
         print_json(result.to_json())
     else:
