@@ -217,3 +217,25 @@ def test_sign_needs_the_password_and_the_key(tmp_path: Path, monkeypatch: pytest
         sign_release(lock, str(key))
     with pytest.raises(UsageError, match="no such public key"):
         verify_release(lock, str(tmp_path / "nope.pub"))
+
+
+def test_the_record_keeps_other_components_signed_earlier(tmp_path: Path) -> None:
+    from archlift.commands.sign import _record
+    from archlift.refs import Digest
+
+    def comp(name: str, n: int) -> ComponentRelease:
+        return ComponentRelease(name, "built", f"registry.example/{name}", Digest.of(bytes([n])), {})
+
+    lock = ReleaseLock(components={"a": comp("a", 1), "b": comp("b", 2), "c": comp("c", 3)})
+    path = tmp_path / "signatures.json"
+    earlier = [
+        {"component": "b", "image": str(lock.components["b"].ref), "verified": True},
+        {"component": "c", "image": f"registry.example/c@{Digest.of(b'old')}", "verified": True},  # stale
+        {"component": "gone", "image": "registry.example/gone@" + str(Digest.of(b"x")), "verified": True},
+    ]
+    path.write_text(json.dumps({"signatures": earlier}))
+    new = [{"component": "a", "image": str(lock.components["a"].ref), "verified": True}]
+    record = json.loads(_record(path, lock, new))["signatures"]
+    assert [e["component"] for e in record] == ["a", "b"]
+    path.write_text("not json")
+    assert [e["component"] for e in json.loads(_record(path, lock, new))["signatures"]] == ["a"]

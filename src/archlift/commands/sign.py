@@ -6,8 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import DEFAULT_LOCK, add_json_arg, print_json
+
+if TYPE_CHECKING:
+    from ..lock import ReleaseLock
 
 DEFAULT_RECORD = Path("dist/signatures.json")
 
@@ -58,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
         results = verify_release(lock, args.key, registry=args.registry, components=args.component, cosign=cosign)
     else:
         results = sign_release(lock, args.key, public_key=args.pub, components=args.component, cosign=cosign)
-        write_atomic(
-            args.record,
-            json.dumps({"signatures": [r.to_json() for r in results]}, indent=2, sort_keys=True) + "\n",
-        )
+        write_atomic(args.record, _record(args.record, lock, [r.to_json() for r in results]))
     if args.json:
         print_json({"signatures": [r.to_json() for r in results]})
         return 0
@@ -70,3 +71,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.component:<16} {r.ref}  {verb} ({r.signature_tag})")
     print(f"{len(results)} image(s) {verb}" + ("" if args.verify else f"; record: {args.record}"))
     return 0
+
+
+def _record(path: Path, lock: ReleaseLock, new: list[dict[str, object]]) -> str:
+    """The signatures record: this run's entries, plus earlier ones (a run for some components only) of
+    other components whose image is still the lock's."""
+    entries = {str(e["component"]): e for e in new}
+    try:
+        old = json.loads(path.read_text()).get("signatures", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    for e in old:
+        name = e.get("component") if isinstance(e, dict) else None
+        if name in lock.components and name not in entries and e.get("image") == str(lock.components[name].ref):
+            entries[name] = e
+    return json.dumps({"signatures": [entries[n] for n in sorted(entries)]}, indent=2, sort_keys=True) + "\n"
