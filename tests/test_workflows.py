@@ -165,3 +165,37 @@ def test_ci_sets_the_host_up_like_dot_ci_run() -> None:
     runs = [str(s.get("run", "")) for _, s in steps(wf)]
     assert "bash scripts/setup-host.sh" in runs
     assert "nox -s lint" in runs and "nox -s tests" in runs
+
+
+PLACEHOLDERS = {
+    "$PLATFORM": "linux/arm64",
+    "$ARCH": "arm64",
+    "$ARCHLIFT_MANIFESTS_REPO": "registry.example/manifests",
+    "$RELEASE_TAG": "v1.0.0",
+    "dist/partial-*.json": "dist/partial-amd64.json dist/partial-arm64.json",
+}
+
+
+def test_archlift_commands_in_the_workflows_parse_with_this_cli() -> None:
+    """Every `archlift ...` line the workflows run is accepted by the real argument parser."""
+    import shlex
+
+    from archlift.cli import _parser
+
+    parser = _parser()
+    seen = []
+    for path in FILES:
+        for _, step in steps(load(path)):
+            for line in str(step.get("run", "")).splitlines():
+                if not line.startswith("archlift "):
+                    continue
+                for key, value in PLACEHOLDERS.items():
+                    line = line.replace(key, value)
+                argv = shlex.split(line)[1:]
+                try:
+                    args = parser.parse_args(argv)
+                except SystemExit:
+                    pytest.fail(f"{path.name}: 'archlift {' '.join(argv)}' is refused by the CLI")
+                assert getattr(args, "func", None), argv
+                seen.append(argv[0])
+    assert {"build", "merge", "render", "publish", "sign", "report"} <= set(seen)
