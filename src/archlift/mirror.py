@@ -73,6 +73,7 @@ class ImagePlan:
     target: ImageRef  # the repository on the target (no tag, no digest)
     tags: tuple[str, ...]
     platforms: tuple[str, ...]  # what the lock records
+    manifests: tuple[Digest, ...] = ()  # the lock's platform and attestation manifests (signature subjects)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,7 +129,8 @@ def plan_mirror(
                 f"--platform {', '.join(wanted)}: component '{comp.name}' has none of these "
                 f"(it has {', '.join(sorted(comp.platforms))})"
             )
-        images.append(ImagePlan(comp.name, comp.ref, dst, comp.tags, tuple(sorted(comp.platforms))))
+        children = tuple(sorted({*comp.platforms.values(), *comp.attestations.values()}))
+        images.append(ImagePlan(comp.name, comp.ref, dst, comp.tags, tuple(sorted(comp.platforms)), children))
     return MirrorPlan(target, tuple(images), tuple(wanted))
 
 
@@ -397,23 +399,33 @@ class _Mirror:
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
+        """What of the image the target lacks. An image whose index is there already
+        costs manifest checks only (and one tag list of the source, for new signatures)."""
         c, dst, image = self.client, w.plan.target, w.plan
         assert image.source.digest is not None
 
         def fetch(d: Digest) -> Manifest:
             return self.source.manifest(image, d)
 
-        source_index = fetch(image.source.digest)
-        w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
-        if c.head_manifest(dst.with_digest(w.index.digest)) is None:
-            seen: set[Digest] = set()
-            if w.index is not source_index:
-                for d in w.index.descriptors():
-                    collect(fetch, fetch(d.digest), w.tree, seen)
-                w.tree.manifests.append(w.index)
-            else:
-                collect(fetch, w.index, w.tree, seen)
-        subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
+        if not self.plan.platforms and c.head_manifest(dst.with_digest(image.source.digest)) is not None:
+            subjects = {image.source.digest, *image.manifests}
+            if not image.manifests:  # not known from the lock: ask
+                w.index = fetch(image.source.digest)
+                subjects |= {d.digest for d in w.index.descriptors()}
+            index_digest = image.source.digest
+        else:
+            source_index = fetch(image.source.digest)
+            w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
+            if c.head_manifest(dst.with_digest(w.index.digest)) is None:
+                seen: set[Digest] = set()
+                if w.index is not source_index:
+                    for d in w.index.descriptors():
+                        collect(fetch, fetch(d.digest), w.tree, seen)
+                    w.tree.manifests.append(w.index)
+                else:
+                    collect(fetch, w.index, w.tree, seen)
+            subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
+            index_digest = w.index.digest
         referrers, tagged = self.source.linked(image, subjects)
         for digest in referrers:
             w.referrers += 1
@@ -430,8 +442,10 @@ class _Mirror:
                 w.extras.append((tag, tree))
         for tag in image.tags:
             have = c.head_manifest(dst.with_tag(tag))
-            if have is None or have.digest != w.index.digest:
+            if have is None or have.digest != index_digest:
                 w.tags_to_move.append(tag)
+        if w.tags_to_move and w.index is None:
+            w.index = fetch(index_digest)
         w.up_to_date = not (w.tags_to_move or w.tree.manifests or w.extras)
 
     # --- blobs (per digest, across images) -----------------------------
@@ -484,7 +498,7 @@ class _Mirror:
 
     # --- manifests and tags (per image) --------------------------------
     def push(self, w: Work) -> None:
-        if w.error or w.index is None:
+        if w.error:
             return
         c, dst = self.client, w.plan.target
         try:
@@ -498,6 +512,7 @@ class _Mirror:
                     w.manifests_pushed += 1
             # only now, with everything of the image present, move its tags
             for tag in w.tags_to_move:
+                assert w.index is not None
                 c.put_manifest(dst.with_tag(tag), w.index.raw, w.index.media_type)
         except RegistryError as e:
             w.fail(e.message)

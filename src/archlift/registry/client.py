@@ -154,6 +154,7 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> token
         self._no_referrers_api: set[str] = set()
         self._referrers_api: set[str] = set()
+        self._probes: dict[str, threading.Lock] = {}  # one first contact (scheme, referrers API) per host
         self.requests = 0  # for tests and reports: HTTP requests sent
 
     def close(self) -> None:
@@ -344,6 +345,10 @@ class RegistryClient:
             log.debug("%s: temporary failure, retry %d in %.2f s", context, attempt, delay)
             time.sleep(delay)
 
+    def _probe_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._probes.setdefault(key, threading.Lock())
+
     def request(
         self,
         method: str,
@@ -362,6 +367,24 @@ class RegistryClient:
         upload location). Returns the response for any status that is not
         temporary; callers decide what a 404 means.
         """
+        with self._lock:
+            known = host in self._scheme
+        if known or target.startswith(("http://", "https://")):
+            return self._request(method, host, target, scope, context, headers, body, stream)
+        with self._probe_lock(f"scheme {host}"):  # the first request finds the scheme; the others wait for it
+            return self._request(method, host, target, scope, context, headers, body, stream)
+
+    def _request(
+        self,
+        method: str,
+        host: str,
+        target: str,
+        scope: str,
+        context: str,
+        headers: dict[str, str] | None,
+        body: Any,
+        stream: bool,
+    ) -> urllib3.BaseHTTPResponse:
         from urllib3 import exceptions as ue
 
         auth_tried = False
@@ -393,6 +416,9 @@ class RegistryClient:
                     ) from None
                 hint = "" if self._may_use_http(url_host) else "plain HTTP needs --insecure for a non-loopback host"
                 raise RequestFailed(f"{context}: TLS with {url_host} failed", hint=hint) from None
+            if url.startswith("https://"):
+                with self._lock:
+                    self._scheme.setdefault(url_host, "https")
             if resp.status == 401 and url_host == host:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.drain_conn()
@@ -596,7 +622,11 @@ class RegistryClient:
                 return True
             if repo.registry in self._no_referrers_api:
                 return False
-        self.referrers(repo, Digest.of(b""))
+        with self._probe_lock(f"referrers {repo.registry}"):
+            with self._lock:
+                known = repo.registry in self._referrers_api or repo.registry in self._no_referrers_api
+            if not known:
+                self.referrers(repo, Digest.of(b""))
         with self._lock:
             return repo.registry in self._referrers_api
 
