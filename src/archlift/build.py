@@ -258,6 +258,8 @@ def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter)
 
     BuildKit's ``docker`` driver cannot push by digest, so the build exports an
     OCI layout and ``push_tree`` sends it by digest (no tag is written).
+    ``SOURCE_DATE_EPOCH`` (the upstream commit time) and ``rewrite-timestamp``
+    make layer timestamps reproducible (``archlift verify-reproducible``).
     """
     from python_on_whales import DockerException, docker
 
@@ -277,7 +279,7 @@ def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter)
             context,
             file=dockerfile,
             target=comp.build.target,
-            build_args=inputs.args,
+            build_args={**inputs.args, "SOURCE_DATE_EPOCH": str(resolved.commit_time)},
             build_contexts=dict(comp.build.contexts),
             platforms=platforms,
             labels=labels,
@@ -288,7 +290,7 @@ def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter)
             sbom={"generator": ws.config.sbom_generator}
             if ws.config.sbom and ws.config.sbom_generator
             else ws.config.sbom,
-            output={"type": "oci", "dest": str(layout_dir), "tar": "false"},
+            output={"type": "oci", "dest": str(layout_dir), "tar": "false", "rewrite-timestamp": "true"},
             metadata_file=meta,
             progress="plain",
             stream_logs=True,

@@ -24,7 +24,7 @@ from .refs import Digest, ImageRef
 from .registry import OCI_MANIFEST, RegistryClient
 from .sources import ResolvedSource, cache_root
 
-HASH_VERSION = "archlift-inputs/1"
+HASH_VERSION = "archlift-inputs/2"  # 2: SOURCE_DATE_EPOCH and rewritten layer timestamps
 RECORD_TYPE = "application/vnd.archlift.build-record.v1+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"

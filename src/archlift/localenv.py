@@ -444,16 +444,23 @@ def _build_and_push(
     what: str,
     args: Mapping[str, str] | None = None,
 ) -> ImageRef:
+    """Build to an OCI layout (timestamps rewritten to the epoch: the same digests on every host), push it
+    by digest with archlift's own client, then tag it. buildx's own push is not used: the registry can
+    answer its HEAD of the tag with a passing 500 when several pushes share blobs."""
+    from .ocilayout import Layout, push_tree
+    from .registry import RegistryClient
+
     (context / "Dockerfile").write_text(dockerfile)
     build_args = [f"--build-arg={k}={v}" for k, v in sorted((args or {}).items())]
     metadata = context.parent / "metadata.json"
+    layout = context.parent / "layout"
     run(
         [
             "docker", "buildx", "build",
             "--platform", ",".join(platforms),
             "--provenance=false", "--sbom=false",
             "--build-arg", "SOURCE_DATE_EPOCH=0", *build_args,
-            "--output", f"type=image,name={ref},push=true,oci-mediatypes=true",
+            "--output", f"type=oci,dest={layout},tar=false,rewrite-timestamp=true",
             "--metadata-file", str(metadata),
             str(context),
         ],
@@ -465,8 +472,10 @@ def _build_and_push(
         digest = Digest.parse(json.loads(metadata.read_text())["containerimage.digest"])
     except (OSError, KeyError, ValueError) as e:
         raise BuildError(f"seeding {what}: no image digest in the buildx metadata file ({e})") from e
-    # The engine keeps a tagged copy (127.0.0.1:<port>/...) that outlives the registry: untag it.
-    run(["docker", "image", "rm", str(ref)], check=False)
+    top = next(d for d in Layout(layout).index() if d.digest == digest)
+    with RegistryClient() as client:
+        push_tree(client, Layout(layout), ImageRef(ref.registry, ref.repository), top)
+        client.put_manifest(ref, Layout(layout).read(digest), top.media_type)
     return ImageRef(ref.registry, ref.repository, ref.tag, digest)
 
 
