@@ -92,3 +92,23 @@ def export_bundle(session: nox.Session) -> None:
 def import_bundle(session: nox.Session) -> None:
     _install(session)
     _archlift(session, "import")
+
+
+@nox.session(python=PYTHON)
+def release(session: nox.Session) -> None:
+    """The whole release: build-images, render-manifests, publish-manifests, sign, report.
+
+    Needs ARCHLIFT_MANIFESTS_REPO (REGISTRY/REPO for the manifests artifact), RELEASE_TAG
+    (default: latest), and the signing key in ARCHLIFT_COSIGN_KEY (a path or env://VAR) with
+    its password in COSIGN_PASSWORD. Options after -- go to the build.
+    """
+    repo = os.environ.get("ARCHLIFT_MANIFESTS_REPO")
+    if not repo:
+        session.error("set ARCHLIFT_MANIFESTS_REPO=REGISTRY/REPO: where the manifests artifact is published")
+    tag = os.environ.get("RELEASE_TAG", "latest")
+    _install(session)
+    session.run("python", "-m", "archlift", "build", *session.posargs)
+    session.run("python", "-m", "archlift", "render")
+    session.run("python", "-m", "archlift", "publish", "--to", f"{repo}:{tag}")
+    session.run("python", "-m", "archlift", "sign")
+    session.run("python", "-m", "archlift", "report")
