@@ -246,6 +246,17 @@ def test_platform_filter_records_new_index(
     assert not client.blob_exists(target.ref("rel/c0"), amd_layers.descriptors()[-1].digest)
 
 
+def _settled_uploads(reg: LocalRegistry) -> int:
+    """The registry's completed uploads, once the count has stopped changing for a second."""
+    count, since = reg.blob_uploads(), time.monotonic()
+    while time.monotonic() - since < 1.0:
+        time.sleep(0.1)
+        now = reg.blob_uploads()
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def test_killed_mirror_resumes_sending_only_what_is_missing(
     source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
 ) -> None:
@@ -263,8 +274,7 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    time.sleep(0.5)  # an upload fully sent before the kill may still be committed and logged
-    first = target.blob_uploads()
+    first = _settled_uploads(target)  # an upload fully sent before the kill may still be committed
     unique = set().union(*(img.blobs for img in images.values()))
     assert 0 < first < len(unique), "the mirror should have been killed midway"
     out = run_cli("mirror", "--to", target.host, "--json", cwd=tmp_path)
@@ -282,3 +292,35 @@ def test_result_summary_mentions_failures() -> None:
     assert not r.ok and "FAILED: boom" in r.summary()
     with pytest.raises(MirrorError, match="a: boom"):
         check(r)
+
+
+def test_interrupted_mirror_stops_and_tags_only_complete_images(
+    source: LocalRegistry, target: LocalRegistry, tmp_path: Path, no_docker_config: None
+) -> None:
+    import signal
+
+    client = RegistryClient()
+    images = make_release(client, source, n=4, size=16 * 1024 * 1024)
+    release_lock(images).write(tmp_path / "dist/release.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while target.blob_uploads() < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    for img in images.values():
+        tag = client.head_manifest(target.ref(img.ref.repository, "v1"))
+        assert tag is None or tag.digest == img.index
+    unique = set().union(*(img.blobs for img in images.values()))
+    assert target.blob_uploads() < len(unique)
+    again = run_cli("mirror", "--to", target.host, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert_same(client, images, target)

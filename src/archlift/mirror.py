@@ -396,6 +396,7 @@ class _Mirror:
         self._finished = 0
         self._total = 0
         self._crash: BaseException | None = None
+        self._stop = threading.Event()
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
@@ -524,6 +525,8 @@ class _Mirror:
     # serves every image that needs the blob, so each is sent once.
     def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
         def guarded() -> None:
+            if self._stop.is_set():  # interrupted: start nothing new
+                return
             try:
                 fn(*args)
             except BaseException as e:  # a bug: keep it, finish the bookkeeping, raise it at the end
@@ -533,7 +536,8 @@ class _Mirror:
                     self._cond.notify_all()
                 raise
 
-        pool.submit(guarded)
+        if not self._stop.is_set():
+            pool.submit(guarded)
 
     def _discovered(self, w: Work) -> None:
         try:
@@ -582,14 +586,19 @@ class _Mirror:
         start = time.monotonic()
         requests_before = self.client.requests
         works = [Work(p) for p in self.plan.images]
-        with (
-            ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror-blob") as self._blob_pool,
-            ThreadPoolExecutor(8, thread_name_prefix="mirror-meta") as self._meta_pool,
-        ):
+        self._blob_pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mirror-blob")
+        self._meta_pool = ThreadPoolExecutor(8, thread_name_prefix="mirror-meta")
+        try:
             for w in works:
                 self._spawn(self._meta_pool, self._discovered, w)
             with self._cond:
                 self._cond.wait_for(lambda: self._finished >= len(works))
+        except BaseException:  # Ctrl-C: no new copies, no tag moves; copies under way end on their own
+            self._stop.set()
+            raise
+        finally:
+            for pool in (self._meta_pool, self._blob_pool):
+                pool.shutdown(wait=not self._stop.is_set(), cancel_futures=self._stop.is_set())
         if self._crash is not None:
             raise self._crash
         return MirrorResult(
