@@ -246,6 +246,21 @@ def test_platform_filter_records_new_index(
     assert not client.blob_exists(target.ref("rel/c0"), amd_layers.descriptors()[-1].digest)
 
 
+def _mirror_until(target: LocalRegistry, cwd: Path, *, uploads: int, jobs: int) -> subprocess.Popen[str]:
+    """``archlift mirror`` in the background, returned once the target has completed ``uploads`` uploads."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", str(jobs)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while target.blob_uploads() < uploads and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    return proc
+
+
 def _settled_uploads(reg: LocalRegistry) -> int:
     """The registry's completed uploads, once the count has stopped changing for a second."""
     count, since = reg.blob_uploads(), time.monotonic()
@@ -263,17 +278,9 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
     client = RegistryClient()
     images = make_release(client, source, n=4, size=24 * 1024 * 1024)
     release_lock(images).write(tmp_path / "dist/release.json")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", "2"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while target.blob_uploads() < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = _mirror_until(target, tmp_path, uploads=3, jobs=2)
     proc.kill()
-    proc.wait()
+    proc.communicate()
     first = _settled_uploads(target)  # an upload fully sent before the kill may still be committed
     unique = set().union(*(img.blobs for img in images.values()))
     assert 0 < first < len(unique), "the mirror should have been killed midway"
@@ -302,16 +309,7 @@ def test_interrupted_mirror_stops_and_tags_only_complete_images(
     client = RegistryClient()
     images = make_release(client, source, n=4, size=16 * 1024 * 1024)
     release_lock(images).write(tmp_path / "dist/release.json")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", "1"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while target.blob_uploads() < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = _mirror_until(target, tmp_path, uploads=2, jobs=1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
