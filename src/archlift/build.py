@@ -88,6 +88,7 @@ class Workspace:
     guard: threading.Lock = field(default_factory=threading.Lock)
     source_locks: dict[str, threading.Lock] = field(default_factory=dict)
     bases: dict[str, str] = field(default_factory=dict)  # external image -> digest, this run
+    indexes: dict[Digest, bytes] = field(default_factory=dict)  # index bytes read back this run (for tagging)
 
     def _source_lock(self, name: str) -> threading.Lock:
         with self.guard:
@@ -219,7 +220,7 @@ def decide_one(ws: Workspace, comp: Component, force: bool = False) -> Decision:
 
 @contextlib.contextmanager
 def workspace(config: Config, *, refresh: bool = False, lock: ReleaseLock | None = None) -> Iterator[Workspace]:
-    client = RegistryClient()
+    client = RegistryClient(max_connections=32)  # several components push at once
     ws = Workspace(config, client, lock, refresh)
     try:
         yield ws
@@ -273,6 +274,7 @@ def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter)
     layout_dir = ws.root / f"{comp.name}.oci"
     labels = {k: v for k, v in _labels(comp, resolved).items() if v}
     platforms = [str(p) for p in comp.platforms]
+    steps = bool(getattr(report, "wants_steps", False))  # stream BuildKit's steps only to a live display
     report(comp.name, "", f"building {', '.join(platforms)}")
     try:
         logs = docker.buildx.build(
@@ -292,11 +294,11 @@ def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter)
             else ws.config.sbom,
             output={"type": "oci", "dest": str(layout_dir), "tar": "false", "rewrite-timestamp": "true"},
             metadata_file=meta,
-            progress="plain",
-            stream_logs=True,
+            progress="plain" if steps else False,
+            stream_logs=steps,
         )
         tail: list[str] = []
-        for _, line in _lines(logs):
+        for _, line in _lines(logs) if steps else ():
             tail = [*tail[-29:], line]
             _report_line(comp.name, line, report)
     except DockerException as e:
@@ -330,10 +332,12 @@ def _report_line(name: str, line: str, report: Reporter) -> None:
             report(name, first, inside.split(" ", 1)[1] if " " in inside else inside)
 
 
-def verify_pushed(client: RegistryClient, comp: Component, digest: Digest, inputs_hash: str) -> BuildRecord:
+def verify_pushed(ws: Workspace, comp: Component, digest: Digest, inputs_hash: str) -> BuildRecord:
     """Read the pushed index back: its digest, and one manifest per wanted platform."""
+    client = ws.client
     ref = comp.image.with_digest(digest)
     manifest = client.get_manifest(ref)  # verifies the bytes against the digest
+    ws.indexes[digest] = manifest.raw
     platforms: dict[str, Digest] = {}
     attestations: dict[str, Digest] = {}
     for desc in manifest.descriptors():
@@ -377,7 +381,7 @@ def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, repo
         status = "skipped"
         if record is None:
             digest = run_buildx(ws, comp, inputs, report)
-            record = verify_pushed(ws.client, comp, digest, inputs.hash)
+            record = verify_pushed(ws, comp, digest, inputs.hash)
             inputs_mod.save_record(ws.client, comp, ws.config, record)
             status = "built"
         release = _release_entry(ws, comp, resolved, patch_hash, inputs, record)
@@ -452,11 +456,16 @@ def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> tuple[Compo
 # --- releasing -----------------------------------------------------------------
 
 
-def move_tags(client: RegistryClient, releases: list[ComponentRelease], report: Reporter) -> int:
-    """Point every tag at its component's index; returns how many tags moved."""
+def move_tags(
+    client: RegistryClient,
+    releases: list[ComponentRelease],
+    report: Reporter,
+    known: dict[Digest, bytes] | None = None,
+) -> int:
+    """Point every tag at its component's index (bytes from ``known`` when read already); returns how many moved."""
     moved = 0
     for rel in releases:
-        raw: bytes | None = None
+        raw = (known or {}).get(rel.index_digest)
         for ref in rel.tag_refs():
             current = client.head_manifest(ref)
             if current is not None and current.digest == rel.index_digest:
@@ -509,13 +518,15 @@ def execute(
     for ``archlift merge``."""
     previous = None if by_digest else _read_lock_quietly(lock_path)
     with workspace(plan.config, refresh=refresh, lock=previous) as ws:
-        decisions = {p.name: decide_one(ws, p.component, force) for p in plan.components}
-        for name, d in decisions.items():
-            report(name, "", f"{d.action}: {d.reason}")
         workers = jobs or plan.config.concurrency
+
+        def decide_and_build(p: PlannedComponent) -> Outcome:
+            decision = decide_one(ws, p.component, force)  # in the pool: one component builds while the next decides
+            report(p.name, "", f"{decision.action}: {decision.reason}")
+            return build_one(ws, p, decision, report)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(build_one, ws, p, decisions[p.name], report) for p in plan.components]
-            outcomes = tuple(f.result() for f in futures)
+            outcomes = tuple(pool.map(decide_and_build, plan.components))
         if not all(o.release for o in outcomes):
             return RunResult(outcomes, None, 0)
         releases = [o.release for o in outcomes if o.release]
@@ -523,7 +534,7 @@ def execute(
             lock = dataclasses.replace(_merge_lock(plan.config, None, releases), partial_platform=by_digest)
             lock.write(lock_path)
             return RunResult(outcomes, lock, 0)
-        moved = move_tags(ws.client, releases, report)
+        moved = move_tags(ws.client, releases, report, ws.indexes)
         lock = _merge_lock(plan.config, previous, releases)
         lock.write(lock_path)
         return RunResult(outcomes, lock, moved)

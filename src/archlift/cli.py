@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose or os.environ.get("ARCHLIFT_DEBUG") else logging.WARNING,
         format="%(message)s",
     )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # pool notices are not the user's business
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -81,9 +81,8 @@ def push_tree(client: RegistryClient, layout: Layout, repo: ImageRef, top: Descr
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(send, blobs.values()))
-    for desc, manifest in manifests:  # children first: _walk appends in post-order
-        if client.head_manifest(repo.with_digest(desc.digest)) is None:
-            client.put_manifest(repo.with_digest(desc.digest), manifest.raw, manifest.media_type)
+    for desc, manifest in manifests:  # children first: _walk appends in post-order; a PUT by digest is idempotent
+        client.put_manifest(repo.with_digest(desc.digest), manifest.raw, manifest.media_type)
     return stats
 
 

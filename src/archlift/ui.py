@@ -41,6 +41,8 @@ class PlainReporter:
 class LiveReporter:
     """A rich live table: component, platform, last step, elapsed."""
 
+    wants_steps = True  # the build streams BuildKit's step lines only to a reporter that shows them
+
     def __init__(self, rows: Sequence[tuple[str, Sequence[str]]]) -> None:
         from rich.console import Console
         from rich.live import Live
