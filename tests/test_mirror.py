@@ -322,3 +322,18 @@ def test_interrupted_mirror_stops_and_tags_only_complete_images(
     again = run_cli("mirror", "--to", target.host, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert_same(client, images, target)
+
+
+def test_blob_present_in_another_target_repository_is_mounted_not_sent(
+    source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = make_release(client, source, n=3)
+    shared = client.put_blob(target.ref("rel/c2"), h.SHARED)  # as a killed run may have left it
+    before = target.blob_uploads()
+    result = mirror(plan_mirror(release_lock(images), Target.parse(target.host)), client)
+    check(result)
+    uploads = [e.path for e in target.access_log() if e.method == "PUT" and e.status == 201][before:]
+    assert not any(shared.hex in p for p in uploads)
+    assert sum(i.blobs_mounted for i in result.images) >= 2 and sum(i.blobs_skipped for i in result.images) >= 1
+    assert_same(client, images, target)

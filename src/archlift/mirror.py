@@ -397,6 +397,7 @@ class _Mirror:
         self._total = 0
         self._crash: BaseException | None = None
         self._stop = threading.Event()
+        self._discoveries = 0
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
@@ -451,18 +452,44 @@ class _Mirror:
 
     # --- blobs (per digest, across images) -----------------------------
     def blob(self, st: _BlobState, users: list[Work]) -> None:
-        """One blob into every target repository that needs it: HEAD, then send once, mount elsewhere."""
+        """One blob into every target repository that needs it: a HEAD in each (what is
+        there is skipped), then one upload, or none when some repository of the target
+        registry has it already, and a cross-repository mount into the others."""
         c, desc = self.client, st.desc
         by_repo: dict[str, list[Work]] = {}
         for w in users:
             by_repo.setdefault(w.plan.target.repository, []).append(w)
         origin = self.source.mount_from(users[0].plan, users[0].plan.target)
+
+        def settle(works: list[Work], **counter: int) -> None:
+            works[0].count(**counter)
+            for other in works[1:]:
+                other.count(skipped=1)
+            for _ in works:
+                self.progress.advance(desc.size)
+            st.done.add(works[0].plan.target.repository)
+
+        def failed(works: list[Work], e: RegistryError) -> None:
+            message = e.message if isinstance(e, DigestMismatch) else f"blob {desc.digest.short()}: {e.message}"
+            for other in works:
+                other.fail(message)
+
+        missing: list[list[Work]] = []
         for repo, works in by_repo.items():
             if repo in st.done:  # an earlier image with the same target repository brought it
-                for other in works:
-                    other.count(skipped=1)
-                    self.progress.advance(desc.size)
-                continue
+                settle(works, skipped=1)
+            elif st.home is not None:  # known elsewhere in the target: a mount will do
+                missing.append(works)
+            else:
+                try:
+                    if c.blob_exists(works[0].plan.target, desc.digest):
+                        settle(works, skipped=1)
+                        st.home = works[0].plan.target
+                    else:
+                        missing.append(works)
+                except RegistryError as e:
+                    failed(works, e)
+        for works in missing:
             w = works[0]
             dst = w.plan.target
             home = st.home or origin
@@ -471,31 +498,14 @@ class _Mirror:
                 if home is not None:
                     location = c.start_upload(dst, mount=desc.digest, mount_from=home)
                     if location is None:
-                        w.count(mounted=1)
-                        self.progress.advance(desc.size)
-                        st.done.add(repo)
+                        settle(works, mounted=1)
                         st.home = st.home or dst
                         continue
-                elif c.blob_exists(dst, desc.digest):
-                    w.count(skipped=1)
-                    self.progress.advance(desc.size)
-                    st.done.add(repo)
-                    st.home = dst
-                    continue
                 n = self.source.send(w.plan, dst, desc, location, self.progress)
-                w.count(sent=1, nbytes=n)
-                st.done.add(repo)
+                settle(works, sent=1, nbytes=n)
                 st.home = st.home or dst
-            except DigestMismatch as e:
-                for other in works:
-                    other.fail(e.message)
             except RegistryError as e:
-                for other in works:
-                    other.fail(f"blob {desc.digest.short()}: {e.message}")
-            finally:
-                for other in works[1:]:
-                    other.count(skipped=1)
-                    self.progress.advance(desc.size)
+                failed(works, e)
 
     # --- manifests and tags (per image) --------------------------------
     def push(self, w: Work) -> None:
@@ -519,10 +529,11 @@ class _Mirror:
             w.fail(e.message)
 
     # --- the pipeline ----------------------------------------------------
-    # Manifests (discovery, then pushes) run on a small pool; blobs on the ``jobs``
-    # pool. An image's blobs start as soon as that image is discovered, and its
-    # manifests and tags go as soon as its last blob is there. One task per digest
-    # serves every image that needs the blob, so each is sent once.
+    # Manifests (discovery, then pushes) run on a pool of their own; blobs on the
+    # ``jobs`` pool once every image is discovered (only then is it known which
+    # blobs images share). One task per digest serves every image that needs the
+    # blob, so each is sent once; an image's manifests and tags go as soon as its
+    # last blob is there, while other images' blobs are still copying.
     def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
         def guarded() -> None:
             if self._stop.is_set():  # interrupted: start nothing new
@@ -549,12 +560,14 @@ class _Mirror:
         with self._cond:
             w.remaining = len(blobs)
             self._total += sum(d.size for d in blobs.values())
-            for digest, desc in sorted(blobs.items(), key=lambda kv: -kv[1].size):  # biggest first
-                st = self._states.setdefault(digest, _BlobState(desc))
-                st.pending.append(w)
-                if not st.running:
+            for digest, desc in blobs.items():
+                self._states.setdefault(digest, _BlobState(desc)).pending.append(w)
+            self._discoveries += 1
+            if self._discoveries == len(self.plan.images):
+                # Every image is known: which blobs they share, so each goes once. Biggest first.
+                start = sorted(self._states.values(), key=lambda st: -st.desc.size)
+                for st in start:
                     st.running = True
-                    start.append(st)
         self.progress.start(self._total)
         if not blobs:
             self._spawn(self._meta_pool, self._pushed, w)
