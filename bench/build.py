@@ -179,9 +179,8 @@ def main() -> int:
     rebuilt = sorted(n for n, s in one_status.items() if s == "built")
     print()
     print(f"{'measurement':48} {'archlift':>9} {'bake':>9} {'ratio':>7}")
-    print(
-        f"{'cold build of all components (s, median)':48} {ours_cold:9.2f} {bake_cold:9.2f} {bake_cold / ours_cold:6.2f}x"
-    )
+    cold = "cold build of all components (s, median)"
+    print(f"{cold:48} {ours_cold:9.2f} {bake_cold:9.2f} {bake_cold / ours_cold:6.2f}x")
     print(f"{'re-run, nothing changed (s, median)':48} {ours_warm:9.2f} {bake_warm:9.2f} {bake_warm / ours_warm:6.2f}x")
     print(f"{'one upstream changed (s)':48} {ours_one:9.2f} {'':>9}")
     print()
