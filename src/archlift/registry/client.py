@@ -25,7 +25,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -804,6 +803,8 @@ def _verified(
 ) -> Iterator[bytes]:
     """``chunks``, with the last one held back until the digest and size check,
     so a wrong blob is never committed by the target."""
+    from http.client import HTTPException
+
     from urllib3 import exceptions as ue
 
     h = hashlib.new(desc.digest.algorithm)
