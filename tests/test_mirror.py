@@ -337,3 +337,14 @@ def test_blob_present_in_another_target_repository_is_mounted_not_sent(
     assert not any(shared.hex in p for p in uploads)
     assert sum(i.blobs_mounted for i in result.images) >= 2 and sum(i.blobs_skipped for i in result.images) >= 1
     assert_same(client, images, target)
+
+
+def test_mirror_within_one_registry_mounts_everything(source: LocalRegistry, no_docker_config: None) -> None:
+    client = RegistryClient()
+    images = make_release(client, source, n=2)
+    before = source.blob_uploads()
+    result = mirror(plan_mirror(release_lock(images), Target.parse(f"{source.host}/copy")), client)
+    check(result)
+    assert result.bytes_sent == 0 and source.blob_uploads() == before
+    assert sum(i.blobs_mounted for i in result.images) == sum(i.blobs for i in result.images)
+    assert_same(client, images, source, "copy")

@@ -247,3 +247,17 @@ def test_plain_http_refused_for_non_loopback() -> None:
     assert c.scheme("registry.invalid:5000") == "https"
     assert not c._may_use_http("registry.invalid:5000")
     assert RegistryClient(insecure=True)._may_use_http("registry.invalid:5000")
+
+
+def test_mount_refused_gives_an_upload_location(server: Scripted, client: RegistryClient) -> None:
+    """A registry that will not mount answers 202 with a session: the copy goes there."""
+    server.routes["/v2/dst/blobs/uploads/"] = lambda h: reply(
+        h, 202, b"", {"Location": "/v2/dst/blobs/uploads/u1?_state=x"}
+    )
+    d = Digest.of(b"x")
+    loc = client.start_upload(
+        ImageRef.parse(f"{server.host}/dst"), mount=d, mount_from=ImageRef.parse(f"{server.host}/src")
+    )
+    assert loc == f"http://{server.host}/v2/dst/blobs/uploads/u1?_state=x"
+    method, path, _ = server.seen[-1]
+    assert method == "POST" and f"mount={d}".replace(":", "%3A") in path and "from=src" in path
