@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,7 +154,10 @@ def test_head_manifest_404_is_none_and_digest_is_verified(server: Scripted, clie
     assert m.media_type.endswith("manifest.v1+json")
 
 
-def test_bearer_flow_caches_tokens_per_scope(server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bearer_flow_caches_tokens_per_scope(
+    server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="archlift")
     monkeypatch.setenv(f"ARCHLIFT_AUTH_127_0_0_1_{server.host.rsplit(':', 1)[1]}", "alice:wonderland")
     token_requests: list[str] = []
 
@@ -181,9 +185,13 @@ def test_bearer_flow_caches_tokens_per_scope(server: Scripted, tmp_path: Path, m
     assert "service=test" in token_requests[0] and "repository%3Ateam%2Fapp%3Apull" in token_requests[0]
     # after the first challenge the token for a new scope is fetched before asking
     assert sum(1 for _, p, a in server.seen if p.startswith("/v2/team/other") and not a) == 0
+    assert "/token" in caplog.text and "alice" not in caplog.text and "tok-" not in caplog.text
 
 
-def test_refused_credentials_never_leak(server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_credentials_never_leak(
+    server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="archlift")
     monkeypatch.setenv("ARCHLIFT_REGISTRY_USERNAME", "bob")
     monkeypatch.setenv("ARCHLIFT_REGISTRY_PASSWORD", "topsecret-pw")
     server.routes["/v2/"] = lambda h: reply(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="x"'})
@@ -194,6 +202,7 @@ def test_refused_credentials_never_leak(server: Scripted, tmp_path: Path, monkey
     assert "refused the credentials from ARCHLIFT_REGISTRY_USERNAME" in text
     assert "topsecret" not in text and base64.b64encode(b"bob:topsecret-pw").decode() not in text
     assert e.value.status == 401
+    assert caplog.text and "topsecret" not in caplog.text and "Basic" not in caplog.text
 
 
 def test_no_credentials_message(server: Scripted, client: RegistryClient) -> None:

@@ -292,7 +292,7 @@ class RegistryClient:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._lock:
             self.requests += 1
-        log.debug("%s %s", method, url)
+        log.debug("%s %s://%s%s", method, parts.scheme, host, parts.path)  # no query: it may name the account
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # InsecureRequestWarning when insecure=True
             return pool.urlopen(
