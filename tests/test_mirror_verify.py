@@ -90,3 +90,31 @@ def test_missing_image_and_unreachable_source(
     assert report.ok and len(report.notes) == 2 and "unreachable" in report.notes[0]
     empty = verify_target(lock, Target.parse(f"{mirrored.host}/elsewhere"), client)
     assert not empty.ok and all(i.problems[0].endswith("is missing") for i in empty.images)
+
+
+def test_mirror_and_verify_a_real_buildx_image(seeded_base: ImageRef, no_docker_config: None, tmp_path: Path) -> None:
+    """The busybox base built and pushed by buildx (with whatever attestations it made)."""
+    client = RegistryClient()
+    platforms = client.index_platforms(seeded_base)
+    index = client.get_manifest(seeded_base)
+    lock = ReleaseLock(
+        components={
+            "busybox": ComponentRelease(
+                "busybox",
+                "mirrored",
+                seeded_base.name,
+                index.digest,
+                platforms,
+                (seeded_base.tag or "latest",),
+                media_type=index.media_type,
+            )
+        }
+    )
+    with LocalRegistry() as dst:
+        target = Target.parse(f"{dst.host}/air")
+        check(mirror(plan_mirror(lock, target), client))
+        report = verify_target(lock, target, client, deep=True)
+        assert report.ok, report.summary()
+        copied = client.get_manifest(ImageRef(dst.host, f"air/{seeded_base.repository}").with_digest(index.digest))
+        assert copied.raw == index.raw
+        assert {str(d.digest) for d in copied.descriptors()} == {str(d.digest) for d in index.descriptors()}
