@@ -16,6 +16,7 @@ from archlift.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_
 from archlift.errors import ConfigError
 from archlift.localenv import LocalRegistry
 from archlift.mirror import Target, check
+from archlift.refs import ImageRef
 from archlift.registry import RegistryClient
 
 no_docker_config = h.no_docker_config
@@ -171,3 +172,41 @@ def test_cli_export_import_and_refusal_exit_status(
     refused = run_cli("import", str(bad), "--to", target.host, cwd=tmp_path)
     assert refused.returncode == 2 and "outside the extraction root" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_published_artifacts_go_along(
+    source: LocalRegistry, release: dict[str, PushedImage], tmp_path: Path, no_docker_config: None
+) -> None:
+    """The manifests artifact 'archlift publish' recorded: mirrored, verified, exported and imported."""
+    client = RegistryClient()
+    repo = source.ref("rel/manifests")
+    layer = client.put_blob(repo, b"a tarball of manifests")
+    empty = client.put_blob(repo, b"{}")
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": h.OCI_MANIFEST,
+            "artifactType": "application/vnd.archlift.manifests",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(empty), "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer), "size": 22}],
+        }
+    ).encode()
+    digest = client.put_manifest(repo.with_tag("v1"), raw, h.OCI_MANIFEST)
+    record = {"artifacts": {"configsync": {"ref": f"{repo.name}:v1@{digest}", "tag": "v1", "digest": str(digest)}}}
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist/manifests-artifact.json").write_text(json.dumps(record))
+    release_lock(release).write(tmp_path / "dist/release.json")
+    with LocalRegistry() as mirrored, LocalRegistry() as imported:
+        assert run_cli("mirror", "--to", f"{mirrored.host}/m", cwd=tmp_path).returncode == 0
+        head = client.head_manifest(ImageRef(mirrored.host, "m/rel/manifests", "v1"))
+        assert head is not None and head.digest == digest
+        ok = run_cli("verify", "--registry", f"{mirrored.host}/m", "--json", cwd=tmp_path)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "manifests (configsync)" in {i["name"] for i in json.loads(ok.stdout)["images"]}
+        assert run_cli("export", "-o", "b.tar", cwd=tmp_path).returncode == 0
+        assert run_cli("import", "b.tar", "--to", imported.host, cwd=tmp_path).returncode == 0
+        head = client.head_manifest(ImageRef(imported.host, "rel/manifests", "v1"))
+        assert head is not None and head.digest == digest
+        assert client.get_blob(ImageRef(imported.host, "rel/manifests"), layer) == b"a tarball of manifests"
+        missing = run_cli("verify", "--registry", f"{imported.host}/other", cwd=tmp_path)
+        assert missing.returncode == 9 and "manifests (configsync)" in missing.stderr

@@ -35,6 +35,7 @@ from typing import Any
 from .errors import ConfigError, MirrorError, RegistryError
 from .lock import ReleaseLock
 from .mirror import (
+    Artifact,
     ImagePlan,
     MirrorResult,
     Progress,
@@ -53,6 +54,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 COMPONENT = "io.archlift.component"
 KIND = "io.archlift.kind"  # "image" | "tag" | "referrer"
 LOCK_PATH = "archlift/release.json"
+ARTIFACTS_PATH = "archlift/artifacts.json"  # published artifacts that go along (the manifests artifact)
 MANIFESTS_DIR = "archlift/manifests"
 SUMS = "SHA256SUMS"
 CHUNK = 1 << 20
@@ -141,24 +143,28 @@ def export_bundle(
     manifests_dir: Path | None = None,
     platforms: Sequence[str] = (),
     jobs: int = 8,
+    artifacts: Sequence[Artifact] = (),
 ) -> ExportResult:
-    """Write every image of ``lock`` (and ``manifests_dir``) into the tarball ``output``."""
+    """Write every image of ``lock`` (and ``artifacts``, ``manifests_dir``) into the tarball ``output``."""
     start = time.monotonic()
-    wanted = plan_mirror(lock, Target("bundle.invalid"), platforms).platforms
+    plan = plan_mirror(lock, Target("bundle.invalid"), platforms, artifacts=artifacts)
+    wanted = plan.platforms
     source = RegistrySource(client)
     manifests: dict[Digest, Manifest] = {}
     blobs: dict[Digest, tuple[ImageRef, Descriptor]] = {}
     entries: list[dict[str, Any]] = []
     components = dict(lock.components)
     dropped_all: dict[str, tuple[str, ...]] = {}
-    for name, comp in sorted(lock.components.items()):
-        image = ImagePlan(name, comp.ref, ImageRef.parse(comp.repository), comp.tags, tuple(comp.platforms))
+    for image in plan.images:
+        name = image.name
+        comp = lock.components.get(name)
+        assert image.source.digest is not None
 
         def fetch(d: Digest, image: ImagePlan = image) -> Manifest:
             return source.manifest(image, d)
 
         try:
-            original = fetch(comp.index_digest)
+            original = fetch(image.source.digest)
             index, dropped = filter_platforms(original, wanted)
             tree = Tree()
             seen: set[Digest] = set()
@@ -167,6 +173,7 @@ def export_bundle(
                     collect(fetch, fetch(d.digest), tree, seen)
                 tree.manifests.append(index)
                 dropped_all[name] = dropped
+                assert comp is not None  # artifacts are not indexes
                 components[name] = replace(
                     comp,
                     index_digest=index.digest,
@@ -187,14 +194,14 @@ def export_bundle(
                     annotations[REF_NAME] = tag_name
                 entries.append({**_desc_json(top), "annotations": annotations})
         except RegistryError as e:
-            raise MirrorError(f"exporting {name} ({comp.ref}): {e.message}", hint=e.hint) from None
+            raise MirrorError(f"exporting {name} ({image.source}): {e.message}", hint=e.hint) from None
         for t in trees:
             for m in t.manifests:
                 manifests[m.digest] = m
             for digest, desc in t.blobs.items():
                 blobs.setdefault(digest, (image.source, desc))
-        for tag in comp.tags or ("",):
-            annotations = {COMPONENT: name, KIND: "image"}
+        for tag in image.tags or ("",):
+            annotations = {COMPONENT: name, KIND: "image" if comp else "artifact"}
             if tag:
                 annotations[REF_NAME] = tag
             entries.append({**_desc_json(index), "annotations": annotations})
@@ -227,6 +234,9 @@ def export_bundle(
             index_json = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
             add_bytes("index.json", json.dumps(index_json, indent=2, sort_keys=True).encode())
             add_bytes(LOCK_PATH, out_lock.to_json().encode())
+            if artifacts:
+                listed = [a.to_json() for a in artifacts]
+                add_bytes(ARTIFACTS_PATH, json.dumps(listed, indent=2, sort_keys=True).encode())
             if manifests_dir is not None and manifests_dir.is_dir():
                 for path in sorted(p for p in manifests_dir.rglob("*") if p.is_file() and not p.is_symlink()):
                     rel = path.relative_to(manifests_dir).as_posix()
@@ -277,6 +287,7 @@ class Bundle:
         self.members = members
         self.lock = lock
         self.index = index
+        self.artifacts: list[Artifact] = []
 
     def refuse(self, why: str) -> ConfigError:
         return ConfigError(
@@ -417,6 +428,11 @@ def open_bundle(path: Path, progress: Progress | None = None) -> Bundle:
             raise ValueError("not a JSON object")
     except ValueError as e:
         raise bundle.refuse(f"its index.json is not valid ({e})") from None
+    if ARTIFACTS_PATH in members:
+        try:
+            bundle.artifacts = [Artifact.from_json(a) for a in json.loads(bundle.read(ARTIFACTS_PATH))]
+        except (ValueError, KeyError, TypeError, RefError) as e:
+            raise bundle.refuse(f"its {ARTIFACTS_PATH} is not valid ({e})") from None
     return bundle
 
 
@@ -467,5 +483,5 @@ def import_bundle(
     progress: Progress | None = None,
 ) -> MirrorResult:
     """Push a checked bundle to ``target`` (tags of an image only once all of it is there)."""
-    plan = plan_mirror(bundle.lock, target, platforms, onto_itself=True)
+    plan = plan_mirror(bundle.lock, target, platforms, onto_itself=True, artifacts=bundle.artifacts)
     return mirror(plan, client, jobs=jobs, progress=progress, source=BundleSource(bundle, client))

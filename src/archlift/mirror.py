@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ConfigError, MirrorError, RegistryError
@@ -99,6 +100,38 @@ class MirrorPlan:
         }
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A published OCI artifact that goes along with the images (the manifests artifact)."""
+
+    name: str
+    ref: ImageRef  # repository:tag@digest
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "ref": str(self.ref)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Artifact:
+        ref = ImageRef.parse(str(data["ref"]))
+        if ref.digest is None or ref.tag is None:
+            raise ValueError(f"{ref} is not pinned as repository:tag@digest")
+        return cls(str(data["name"]), ref)
+
+
+def read_artifacts(path: Path) -> list[Artifact]:
+    """The artifacts ``archlift publish`` recorded (``dist/manifests-artifact.json``); [] without the file."""
+    try:
+        data = json.loads(path.read_text())
+        return [
+            Artifact.from_json({"name": f"manifests ({key})", "ref": entry["ref"]})
+            for key, entry in sorted((data.get("artifacts") or {}).items())
+        ]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError, AttributeError, RefError) as e:
+        raise ConfigError(f"{path}: not a valid publish record ({e})") from None
+
+
 def plan_mirror(
     lock: ReleaseLock,
     target: Target,
@@ -106,9 +139,10 @@ def plan_mirror(
     components: Sequence[str] = (),
     *,
     onto_itself: bool = False,
+    artifacts: Sequence[Artifact] = (),
 ) -> MirrorPlan:
-    """Which images go where (pure: no registry is asked). ``onto_itself`` allows a
-    target equal to the source (an import restores a release where it came from)."""
+    """Which images (and ``artifacts``) go where (pure: no registry is asked). ``onto_itself``
+    allows a target equal to the source (an import restores a release where it came from)."""
     wanted = []
     for p in platforms:
         try:
@@ -131,6 +165,12 @@ def plan_mirror(
             )
         children = tuple(sorted({*comp.platforms.values(), *comp.attestations.values()}))
         images.append(ImagePlan(comp.name, comp.ref, dst, comp.tags, tuple(sorted(comp.platforms)), children))
+    for art in artifacts:
+        assert art.ref.digest is not None and art.ref.tag is not None
+        dst = target.map(art.ref.name)
+        if (art.ref.registry, art.ref.repository) == (dst.registry, dst.repository) and not onto_itself:
+            raise ConfigError(f"--to {target}: artifact {art.ref} would be copied onto itself")
+        images.append(ImagePlan(art.name, art.ref.with_digest(art.ref.digest), dst, (art.ref.tag,), ()))
     return MirrorPlan(target, tuple(images), tuple(wanted))
 
 
@@ -731,7 +771,7 @@ def _verify_image(
         problems.append(f"index {comp.index_digest} is missing")
         return ImageCheck(image.name, str(dst.with_digest(comp.index_digest)), tuple(problems), checked)
     index = c.get_manifest(dst.with_digest(comp.index_digest))
-    found = c.index_platforms(dst.with_digest(comp.index_digest))
+    found = c.index_platforms(dst.with_digest(comp.index_digest)) if comp.platforms else {}
     for platform, digest in sorted(comp.platforms.items()):
         have = found.get(platform)
         checked["platforms"][platform] = str(have) if have else None
@@ -777,15 +817,25 @@ def _verify_image(
 
 
 def verify_target(
-    lock: ReleaseLock, target: Target, client: RegistryClient, *, deep: bool = False, jobs: int = 8
+    lock: ReleaseLock,
+    target: Target,
+    client: RegistryClient,
+    *,
+    deep: bool = False,
+    jobs: int = 8,
+    artifacts: Sequence[Artifact] = (),
 ) -> VerifyReport:
-    """Compare ``target`` with the release: index, platforms, attestations, tags, referrers
-    and signature tags (compared with the source registry when it can be reached)."""
-    plan = plan_mirror(lock, target, onto_itself=True)
+    """Compare ``target`` with the release (and ``artifacts``): index, platforms, attestations,
+    tags, referrers and signature tags (compared with the source registry when it can be reached)."""
+    plan = plan_mirror(lock, target, onto_itself=True, artifacts=artifacts)
+    releases = dict(lock.components)
+    for art in artifacts:
+        assert art.ref.digest is not None and art.ref.tag is not None
+        releases[art.name] = ComponentRelease(art.name, "artifact", art.ref.name, art.ref.digest, {}, (art.ref.tag,))
     notes: list[str] = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [
-            pool.submit(_verify_image, client, image, lock.component(image.name), deep, notes) for image in plan.images
+            pool.submit(_verify_image, client, image, releases[image.name], deep, notes) for image in plan.images
         ]
         checks = []
         for image, f in zip(plan.images, futures, strict=True):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .common import DEFAULT_LOCK, add_json_arg, print_json
-from .mirror import DEFAULT_REPORT, RichProgress, add_client_args, make_client
+from .mirror import DEFAULT_REPORT, RichProgress, add_artifacts_args, add_client_args, load_artifacts, make_client
 
 DEFAULT_MANIFESTS = Path("dist/manifests")
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--manifests", type=Path, default=DEFAULT_MANIFESTS, help=f"rendered manifests to include ({DEFAULT_MANIFESTS})"
     )
     e.add_argument("--platform", action="append", default=[], metavar="P", help="keep only this platform (repeatable)")
+    add_artifacts_args(e)
     add_client_args(e)
     add_json_arg(e)
     e.set_defaults(func=run_export)
@@ -53,7 +54,13 @@ def run_export(args: argparse.Namespace) -> int:
     lock = ReleaseLock.read(args.lock)
     client = make_client(args)
     result = export_bundle(
-        lock, client, args.output, manifests_dir=args.manifests, platforms=args.platform, jobs=args.jobs
+        lock,
+        client,
+        args.output,
+        manifests_dir=args.manifests,
+        platforms=args.platform,
+        jobs=args.jobs,
+        artifacts=load_artifacts(args),
     )
     if args.json:
         print_json(result.to_json())

@@ -22,6 +22,26 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help="blob copies at once (default 4)")
 
 
+DEFAULT_ARTIFACTS = Path("dist/manifests-artifact.json")
+
+
+def add_artifacts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        metavar="FILE",
+        help=f"also the artifacts 'archlift publish' recorded here, when the file exists ({DEFAULT_ARTIFACTS})",
+    )
+    p.add_argument("--no-artifacts", action="store_true", help="images only, no published artifacts")
+
+
+def load_artifacts(args: argparse.Namespace) -> Any:
+    from ..mirror import read_artifacts
+
+    return [] if args.no_artifacts else read_artifacts(args.artifacts)
+
+
 def make_client(args: argparse.Namespace) -> Any:
     from ..errors import UsageError
     from ..registry import RegistryClient
@@ -55,6 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--component", action="append", default=[], metavar="NAME", help="only this component")
     p.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
     p.add_argument("--dry-run", action="store_true", help="print the plan; copy nothing")
+    add_artifacts_args(p)
     add_client_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -95,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     target = Target.parse(args.to)
     lock = ReleaseLock.read(args.lock)
-    plan = plan_mirror(lock, target, args.platform, args.component)
+    plan = plan_mirror(lock, target, args.platform, args.component, artifacts=load_artifacts(args))
     if args.dry_run:
         if args.json:
             print_json(plan.to_json())

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .common import DEFAULT_LOCK, add_json_arg, print_json
-from .mirror import add_client_args, make_client
+from .mirror import add_artifacts_args, add_client_args, load_artifacts, make_client
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--registry", required=True, metavar="REGISTRY[/PREFIX]", help="the registry to check")
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
     p.add_argument("--deep", action="store_true", help="also check that every blob is present")
+    add_artifacts_args(p)
     add_client_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     target = Target.parse(args.registry, option="--registry")
     lock = ReleaseLock.read(args.lock)
-    report = verify_target(lock, target, make_client(args), deep=args.deep, jobs=args.jobs)
+    report = verify_target(
+        lock, target, make_client(args), deep=args.deep, jobs=args.jobs, artifacts=load_artifacts(args)
+    )
     if args.json:
         print_json(report.to_json())
     else:

@@ -582,7 +582,12 @@ class RegistryClient:
         config = manifest.config
         if config is None:
             return {}
-        doc = json.loads(self.get_blob(ref, config.digest))
+        try:
+            doc = json.loads(self.get_blob(ref, config.digest))
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not doc.get("os"):
+            return {}  # an artifact, not a runnable image
         plat = Platform.from_oci({k: str(doc.get(k, "")) for k in ("os", "architecture", "variant") if doc.get(k)})
         return {str(plat): manifest.digest}
 
