@@ -221,6 +221,13 @@ def test_cli_mirror_report_and_bad_input(
     assert bad.returncode == 2 and "REGISTRY[/PREFIX]" in bad.stderr
     assert run_cli("mirror", "--to", target.host, "--jobs", "0", cwd=tmp_path).returncode == 2
     assert run_cli("mirror", "--to", target.host, "--lock", "nope.json", cwd=tmp_path).returncode == 2
+    assert run_cli("mirror", "--to", target.host, "--platform", "plan9/mips", cwd=tmp_path).returncode == 2
+    dry = run_cli("mirror", "--to", f"{target.host}/x", "--dry-run", "--json", cwd=tmp_path)
+    assert dry.returncode == 0 and [i["target"] for i in json.loads(dry.stdout)["images"]] == [
+        f"{target.host}/x/rel/c0",
+        f"{target.host}/x/rel/c1",
+    ]
+    assert [e.path for e in target.access_log()] == ["/v2/"]  # the start-up probe only: a dry run asks nothing
     out = run_cli("mirror", "--to", f"{target.host}/x", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
