@@ -282,6 +282,7 @@ def main() -> int:
                             str(lock_path),
                             "--jobs",
                             str(args.jobs),
+                            "--no-artifacts",
                             "--report",
                             str(report),
                         ]
