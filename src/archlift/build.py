@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from . import inputs as inputs_mod
 from .dockerfile import external_images
+from .engine import BuildJob, bake
 from .errors import ArchliftError, BuildError, RegistryError, UsageError
 from .inputs import BuildRecord, Inputs
 from .lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
@@ -42,6 +42,7 @@ from .registry import RegistryClient
 from .sources import ResolvedSource, cache_root, checkout, resolve
 
 Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
+log = logging.getLogger("archlift.build")
 
 
 def _quiet(component: str, platform: str, message: str) -> None:
@@ -89,6 +90,7 @@ class Workspace:
     source_locks: dict[str, threading.Lock] = field(default_factory=dict)
     bases: dict[str, str] = field(default_factory=dict)  # external image -> digest, this run
     indexes: dict[Digest, bytes] = field(default_factory=dict)  # index bytes read back this run (for tagging)
+    pushed: dict[str, Digest] = field(default_factory=dict)  # components whose layout was pushed during the bake
 
     def _source_lock(self, name: str) -> threading.Lock:
         with self.guard:
@@ -245,93 +247,6 @@ def _read_lock_quietly(path: Path) -> ReleaseLock | None:
 # --- building ----------------------------------------------------------------
 
 
-def _labels(comp: Component, resolved: ResolvedSource) -> dict[str, str]:
-    return {
-        "org.opencontainers.image.source": resolved.url if "://" in resolved.url else "",
-        "org.opencontainers.image.revision": resolved.commit,
-        "org.opencontainers.image.version": resolved.version,
-        "dev.archlift.component": comp.name,
-    }
-
-
-def run_buildx(ws: Workspace, comp: Component, inputs: Inputs, report: Reporter) -> Digest:
-    """One ``docker buildx build`` for all platforms, pushed by digest; returns the index digest.
-
-    BuildKit's ``docker`` driver cannot push by digest, so the build exports an
-    OCI layout and ``push_tree`` sends it by digest (no tag is written).
-    ``SOURCE_DATE_EPOCH`` (the upstream commit time) and ``rewrite-timestamp``
-    make layer timestamps reproducible (``archlift verify-reproducible``).
-    """
-    from python_on_whales import DockerException, docker
-
-    assert comp.build is not None
-    tree = ws.tree(comp)
-    resolved = tree.resolved
-    context = tree.path / comp.build.context
-    dockerfile = comp.build.dockerfile_local or (tree.path / comp.build.dockerfile)
-    cache = ws.config.cache.ref_for(comp.image)
-    meta = ws.root / f"{comp.name}.metadata.json"
-    layout_dir = ws.root / f"{comp.name}.oci"
-    labels = {k: v for k, v in _labels(comp, resolved).items() if v}
-    platforms = [str(p) for p in comp.platforms]
-    steps = bool(getattr(report, "wants_steps", False))  # stream BuildKit's steps only to a live display
-    report(comp.name, "", f"building {', '.join(platforms)}")
-    try:
-        logs = docker.buildx.build(
-            context,
-            file=dockerfile,
-            target=comp.build.target,
-            build_args={**inputs.args, "SOURCE_DATE_EPOCH": str(resolved.commit_time)},
-            build_contexts=dict(comp.build.contexts),
-            platforms=platforms,
-            labels=labels,
-            builder=ws.config.builder or None,
-            cache_from=f"type=registry,ref={cache}" if cache else None,
-            cache_to=f"type=registry,ref={cache},mode=max" if cache else None,
-            provenance=ws.config.provenance,
-            sbom={"generator": ws.config.sbom_generator}
-            if ws.config.sbom and ws.config.sbom_generator
-            else ws.config.sbom,
-            output={"type": "oci", "dest": str(layout_dir), "tar": "false", "rewrite-timestamp": "true"},
-            metadata_file=meta,
-            progress="plain" if steps else False,
-            stream_logs=steps,
-        )
-        tail: list[str] = []
-        for _, line in _lines(logs) if steps else ():
-            tail = [*tail[-29:], line]
-            _report_line(comp.name, line, report)
-    except DockerException as e:
-        text = "\n".join((e.stderr or "").strip().splitlines()[-15:]) or "\n".join(tail[-15:])
-        raise BuildError(f"{comp.name}: docker buildx build failed ({e.return_code}):\n{text}") from None
-    data = json.loads(meta.read_text())
-    digest = Digest.parse(data["containerimage.digest"])
-    top = next((d for d in Layout(layout_dir).index() if d.digest == digest), None)
-    if top is None:
-        raise BuildError(f"{comp.name}: buildx reported {digest}, which its OCI layout does not hold")
-    report(comp.name, "", f"pushing {digest.short()} by digest")
-    push_tree(ws.client, Layout(layout_dir), comp.image, top)
-    shutil.rmtree(layout_dir, ignore_errors=True)
-    return digest
-
-
-def _lines(logs: Any) -> Iterator[tuple[str, str]]:
-    for item in logs:
-        if isinstance(item, tuple):
-            yield item[0], item[1].decode(errors="replace").rstrip() if isinstance(item[1], bytes) else str(item[1])
-        else:
-            yield "stderr", str(item).rstrip()
-
-
-def _report_line(name: str, line: str, report: Reporter) -> None:
-    # "#12 [linux/arm64 build 2/3] RUN ..." -> platform "linux/arm64", "build 2/3 RUN ..."
-    if "[" in line and "]" in line and line.startswith("#"):
-        inside = line[line.index("[") + 1 : line.index("]")]
-        first = inside.split(" ", 1)[0]
-        if "/" in first and first.startswith(("linux", "windows", "darwin")):
-            report(name, first, inside.split(" ", 1)[1] if " " in inside else inside)
-
-
 def verify_pushed(ws: Workspace, comp: Component, digest: Digest, inputs_hash: str) -> BuildRecord:
     """Read the pushed index back: its digest, and one manifest per wanted platform."""
     client = ws.client
@@ -359,7 +274,11 @@ def verify_pushed(ws: Workspace, comp: Component, digest: Digest, inputs_hash: s
     return BuildRecord(inputs_hash, digest, manifest.media_type, platforms, attestations, built_at)
 
 
-def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, report: Reporter) -> Outcome:
+def finish_one(
+    ws: Workspace, planned: PlannedComponent, decision: Decision, built: Digest | BuildError | None, report: Reporter
+) -> Outcome:
+    """After the bake: push a built component's layout by digest and verify it; copy a mirrored one;
+    take a skipped one from its record. Never moves a tag."""
     comp = planned.component
     start = time.monotonic()
     try:
@@ -368,26 +287,73 @@ def build_one(ws: Workspace, planned: PlannedComponent, decision: Decision, repo
         if comp.mirror:
             release, copied = copy_mirror(ws, comp, report)
             return Outcome(comp.name, "copied" if copied else "present", time.monotonic() - start, release)
-        inputs, resolved, patch_hash = (
-            inputs_for(ws, comp)
-            if decision.inputs is None
-            else (
-                decision.inputs,
-                ws.resolve(comp),
-                queue_hash(_source(comp).patches),
-            )
-        )
-        record = decision.record
-        status = "skipped"
+        assert decision.inputs is not None
+        record, status = decision.record, "skipped"
         if record is None:
-            digest = run_buildx(ws, comp, inputs, report)
-            record = verify_pushed(ws, comp, digest, inputs.hash)
+            if isinstance(built, BuildError):
+                raise built
+            assert built is not None
+            if ws.pushed.get(comp.name) != built:  # not pushed while the bake ran (or not that digest)
+                push_layout(ws, comp, built, report)
+            record = verify_pushed(ws, comp, built, decision.inputs.hash)
             inputs_mod.save_record(ws.client, comp, ws.config, record)
             status = "built"
-        release = _release_entry(ws, comp, resolved, patch_hash, inputs, record)
+        patch_hash = queue_hash(_source(comp).patches)
+        release = _release_entry(ws, comp, ws.resolve(comp), patch_hash, decision.inputs, record)
         return Outcome(comp.name, status, time.monotonic() - start, release)
     except ArchliftError as e:
         return Outcome(comp.name, "failed", time.monotonic() - start, error=e.message)
+
+
+def push_layout(ws: Workspace, comp: Component, digest: Digest | None, report: Reporter) -> Digest:
+    """Push the OCI layout the bake wrote for ``comp`` by digest (no tag), then drop it. With
+    ``digest`` None (pushing as soon as the export is done), the layout's one image is pushed."""
+    layout = Layout(_layout_dir(ws, comp))
+    index = layout.index()
+    top = next((d for d in index if d.digest == digest), None) if digest else (index[0] if len(index) == 1 else None)
+    if top is None:
+        raise BuildError(f"{comp.name}: the build reported {digest}, which its OCI layout does not hold")
+    digest = top.digest
+    report(comp.name, "", f"pushing {digest.short()} by digest")
+    push_tree(ws.client, layout, comp.image, top)
+    shutil.rmtree(layout.root, ignore_errors=True)
+    return digest
+
+
+def _layout_dir(ws: Workspace, comp: Component) -> Path:
+    return ws.root / f"{comp.name}.oci"
+
+
+def build_all(
+    ws: Workspace, todo: list[tuple[PlannedComponent, Decision]], report: Reporter, limit: int
+) -> dict[str, Digest | BuildError]:
+    """Bake every component that must be built: ``limit`` components per bake (see ``archlift.engine``)."""
+    jobs, failed = [], dict[str, Digest | BuildError]()
+    for planned, decision in todo:
+        comp = planned.component
+        assert decision.inputs is not None
+        try:
+            jobs.append(BuildJob(comp, decision.inputs, ws.tree(comp), _layout_dir(ws, comp)))
+        except ArchliftError as e:  # a patch that does not apply stops only its component
+            failed[comp.name] = e if isinstance(e, BuildError) else BuildError(e.message, hint=e.hint)
+    steps = bool(getattr(report, "wants_steps", False))  # BuildKit's step lines only for a live display
+    results: dict[str, Digest | BuildError] = dict(failed)
+    with ThreadPoolExecutor(max_workers=limit) as pushers:
+
+        def exported(job: BuildJob) -> None:  # push while the other targets still build
+            pushers.submit(_push_early, ws, job.comp, report)
+
+        for i in range(0, len(jobs), limit):  # at most `limit` components build at once, each batch one bake
+            results.update(bake(jobs[i : i + limit], ws.config, ws.root, report, steps=steps, exported=exported))
+    return results
+
+
+def _push_early(ws: Workspace, comp: Component, report: Reporter) -> None:
+    """Best effort: a failure here is retried after the bake, from the same layout."""
+    try:
+        ws.pushed[comp.name] = push_layout(ws, comp, None, report)
+    except (ArchliftError, OSError, ValueError, StopIteration) as e:
+        log.debug("%s: pushing early failed (%s); pushing after the bake", comp.name, e)
 
 
 def _release_entry(
@@ -520,13 +486,21 @@ def execute(
     with workspace(plan.config, refresh=refresh, lock=previous) as ws:
         workers = jobs or plan.config.concurrency
 
-        def decide_and_build(p: PlannedComponent) -> Outcome:
-            decision = decide_one(ws, p.component, force)  # in the pool: one component builds while the next decides
+        def decide(p: PlannedComponent) -> Decision:
+            decision = decide_one(ws, p.component, force)
             report(p.name, "", f"{decision.action}: {decision.reason}")
-            return build_one(ws, p, decision, report)
+            return decision
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes = tuple(pool.map(decide_and_build, plan.components))
+            decisions = list(pool.map(decide, plan.components))
+            todo = [(p, d) for p, d in zip(plan.components, decisions, strict=True) if d.action == "build"]
+            built = build_all(ws, todo, report, workers)
+            outcomes = tuple(
+                pool.map(
+                    lambda pd: finish_one(ws, pd[0], pd[1], built.get(pd[0].name), report),
+                    zip(plan.components, decisions, strict=True),
+                )
+            )
         if not all(o.release for o in outcomes):
             return RunResult(outcomes, None, 0)
         releases = [o.release for o in outcomes if o.release]

@@ -1,0 +1,167 @@
+"""The build engine: one ``docker buildx bake`` for every component to build in a run.
+
+Each component is one bake target for all its platforms, exported as an OCI
+layout (``type=oci,tar=false``, timestamps rewritten to ``SOURCE_DATE_EPOCH``)
+that the build step pushes by digest: BuildKit's ``docker`` driver cannot push
+by digest itself. One bake shares one BuildKit session and solve across all
+targets. If the bake fails, each target is baked alone (cache-warm) to tell the
+failing components from the good ones, so the good ones are still pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildError
+from .inputs import Inputs
+from .model import Component, Config
+from .patches import PatchedTree
+from .proc import stream, tail
+from .refs import Digest
+
+Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
+_EXPORT_RE = re.compile(r"^#(?P<vertex>\d+) \[(?P<target>[A-Za-z0-9_-]+)\] exporting to oci image format")
+_DONE_RE = re.compile(r"^#(?P<vertex>\d+) DONE")
+_STEP_RE = re.compile(
+    r"^#\d+ \[(?P<target>[A-Za-z0-9_-]+) (?P<platform>(?:linux|windows|darwin)/[^ \]]+) (?P<step>[^\]]*)\]"
+)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    comp: Component
+    inputs: Inputs
+    tree: PatchedTree
+    layout: Path  # where the OCI layout is written
+
+    @property
+    def target(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.comp.name)
+
+
+def labels(comp: Component, tree: PatchedTree) -> dict[str, str]:
+    resolved = tree.resolved
+    out = {
+        "org.opencontainers.image.revision": resolved.commit,
+        "org.opencontainers.image.version": resolved.version,
+        "dev.archlift.component": comp.name,
+    }
+    if "://" in resolved.url:
+        out["org.opencontainers.image.source"] = resolved.url
+    return out
+
+
+def _attest(config: Config) -> list[str]:
+    sbom = "type=sbom,disabled=true"
+    if config.sbom:
+        sbom = f"type=sbom,generator={config.sbom_generator}" if config.sbom_generator else "type=sbom"
+    provenance = "type=provenance,mode=min" if config.provenance else "type=provenance,disabled=true"
+    return [provenance, sbom]
+
+
+def bake_target(job: BuildJob, config: Config) -> dict[str, Any]:
+    comp, build = job.comp, job.comp.build
+    assert build is not None
+    tree = job.tree.path
+    target: dict[str, Any] = {
+        "context": str(tree / build.context),
+        "dockerfile": str(build.dockerfile_local or tree / build.dockerfile),
+        "args": {**job.inputs.args, "SOURCE_DATE_EPOCH": str(job.tree.resolved.commit_time)},
+        "contexts": dict(build.contexts),
+        "platforms": [str(p) for p in comp.platforms],
+        "labels": labels(comp, job.tree),
+        "attest": _attest(config),
+        "output": [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"],
+    }
+    if build.target:
+        target["target"] = build.target
+    cache = config.cache.ref_for(comp.image)
+    if cache is not None:
+        target["cache-from"] = [f"type=registry,ref={cache}"]
+        target["cache-to"] = [f"type=registry,ref={cache},mode=max"]
+    return target
+
+
+Exported = Callable[[BuildJob], None]
+
+
+def bake(
+    jobs: list[BuildJob],
+    config: Config,
+    workdir: Path,
+    report: Reporter,
+    *,
+    steps: bool = False,
+    exported: Exported | None = None,
+) -> dict[str, Digest | BuildError]:
+    """Build every job; the index digest of each, or the error that stopped it. With ``steps``,
+    BuildKit's step lines go to ``report`` (a live display). ``exported(job)`` is called as soon as
+    a job's OCI layout is complete, while the others may still build (to push it early)."""
+    if not jobs:
+        return {}
+    definition = {
+        "group": {"default": {"targets": [j.target for j in jobs]}},
+        "target": {j.target: bake_target(j, config) for j in jobs},
+    }
+    bakefile = workdir / "bake.json"
+    bakefile.write_text(json.dumps(definition, indent=2, sort_keys=True))
+    for job in jobs:
+        report(job.comp.name, "", f"building {', '.join(map(str, job.comp.platforms))}")
+    watch = _Watch({j.target: j for j in jobs}, report, steps, exported)
+    results, error = _run(jobs, config, bakefile, workdir / "bake-metadata.json", watch)
+    if error is None:
+        return results
+    if len(jobs) == 1:
+        return {jobs[0].comp.name: error}
+    out: dict[str, Digest | BuildError] = {}
+    for job in jobs:  # tell the failing targets from the good ones
+        report(job.comp.name, "", "the shared bake failed: building it alone")
+        alone, err = _run([job], config, bakefile, workdir / f"{job.target}.metadata.json", watch)
+        out[job.comp.name] = err if err is not None else alone[job.comp.name]
+    return out
+
+
+def _run(
+    jobs: list[BuildJob], config: Config, bakefile: Path, metadata: Path, watch: _Watch
+) -> tuple[dict[str, Digest | BuildError], BuildError | None]:
+    by_target = {j.target: j for j in jobs}
+    argv = ["docker", "buildx", "bake", "-f", str(bakefile), "--metadata-file", str(metadata), "--progress=plain"]
+    if config.builder:
+        argv += ["--builder", config.builder]
+    result = stream([*argv, *by_target], watch.line)
+    if result.returncode != 0:
+        names = ", ".join(j.comp.name for j in jobs)
+        return {}, BuildError(f"{names}: docker buildx bake failed ({result.returncode}):\n{tail(result.stderr)}")
+    data = json.loads(metadata.read_text())
+    return {by_target[t].comp.name: Digest.parse(data[t]["containerimage.digest"]) for t in by_target}, None
+
+
+@dataclass
+class _Watch:
+    """Reads bake's plain progress: step lines for a live display, and each target's export finishing."""
+
+    jobs: dict[str, BuildJob]
+    report: Reporter
+    steps: bool
+    exported: Exported | None
+    exports: dict[str, str] = field(default_factory=dict)  # vertex -> target
+
+    def line(self, line: str) -> None:
+        if self.exported is not None:
+            m = _EXPORT_RE.match(line)
+            if m and m.group("target") in self.jobs:
+                self.exports[m.group("vertex")] = m.group("target")
+            done = _DONE_RE.match(line)
+            if done and done.group("vertex") in self.exports:
+                self.exported(self.jobs[self.exports.pop(done.group("vertex"))])
+        if self.steps:
+            m = _STEP_RE.match(line)
+            if m and m.group("target") in self.jobs:
+                rest = line[m.end() :].strip()
+                step = f"{m.group('step')} {rest}".strip()
+                self.report(self.jobs[m.group("target")].comp.name, m.group("platform"), step)
