@@ -16,7 +16,7 @@ import pytest
 
 from archlift.errors import RegistryError as RegistryError_
 from archlift.refs import Digest, ImageRef
-from archlift.registry import RegistryClient, RequestFailed
+from archlift.registry import Descriptor, RegistryClient, RequestFailed
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 
@@ -270,3 +270,37 @@ def test_mount_refused_gives_an_upload_location(server: Scripted, client: Regist
     assert loc == f"http://{server.host}/v2/dst/blobs/uploads/u1?_state=x"
     method, path, _ = server.seen[-1]
     assert method == "POST" and f"mount={d}".replace(":", "%3A") in path and "from=src" in path
+
+
+def test_copy_restarts_when_the_source_breaks_off_mid_blob(server: Scripted, client: RegistryClient) -> None:
+    """A blob whose GET stops halfway (connection closed): the copy starts again, and only
+    a complete, verified body is ever committed."""
+    data = bytes(range(256)) * 12_000  # 3 MB: several chunks
+    d = Digest.of(data)
+    committed: list[bytes] = []
+
+    def half(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2])
+        h.wfile.flush()
+        h.close_connection = True
+        h.connection.shutdown(2)
+
+    def upload(h: BaseHTTPRequestHandler) -> None:
+        if h.command == "POST":
+            reply(h, 202, b"", {"Location": f"/v2/dst/blobs/uploads/{len(server.seen)}"})
+        elif len(h.body) == int(h.headers["Content-Length"]):  # type: ignore[attr-defined]
+            committed.append(h.body)  # type: ignore[attr-defined]
+            reply(h, 201)
+        else:  # a body cut short is never committed (as a registry does)
+            reply(h, 400)
+
+    server.routes[f"/v2/src/blobs/{d}"] = sequence(half, blob_ok(data))
+    server.routes["/v2/dst/blobs/uploads/"] = upload
+    sent = client.copy_blob(
+        ImageRef.parse(f"{server.host}/src"), ImageRef.parse(f"{server.host}/dst"), Descriptor("x", d, len(data))
+    )
+    assert sent == len(data) and committed == [data]
+    assert sum(1 for m, p, _ in server.seen if m == "GET" and p.startswith("/v2/src/blobs/")) == 2

@@ -84,6 +84,9 @@ def test_corrupted_source_blob_is_never_committed(
     assert not c.blob_exists(dst, d)
     with pytest.raises(DigestMismatch):
         c.get_blob(src, d)
+    stored.write_bytes(data[: len(data) // 2])  # truncated in storage: a size mismatch, not a broken connection
+    with pytest.raises(DigestMismatch, match=f"has {len(data) // 2} bytes for it, the manifest says {len(data)}"):
+        c.copy_blob(src, dst, Descriptor("application/octet-stream", d, len(data)))
 
 
 def test_tls_auth_registry(

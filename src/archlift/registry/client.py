@@ -734,6 +734,15 @@ class RegistryClient:
 
         def opener() -> tuple[Iterable[bytes], Callable[[], None]]:
             resp = self.open_blob(src, desc.digest)
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != desc.size:
+                resp.release_conn()
+                raise DigestMismatch(
+                    f'blob {desc.digest} from "{src.name}": the registry has {length} bytes for it, '
+                    f"the manifest says {desc.size}",
+                    expected=desc.digest,
+                    actual="",
+                )
             return _body_chunks(resp), resp.release_conn
 
         return self.upload_stream(
@@ -833,6 +842,12 @@ def _verified(
         raise RequestFailed(
             f"reading blob {desc.digest.short()} from {origin}: {e.__class__.__name__}", temporary=True
         ) from None
+    if total < desc.size:  # the connection ended early: try again
+        raise RequestFailed(
+            f"reading blob {desc.digest.short()} from {origin}: the connection closed after {total} of "
+            f"{desc.size} bytes",
+            temporary=True,
+        )
     actual = f"{desc.digest.algorithm}:{h.hexdigest()}"
     if total != desc.size or actual != desc.digest.value:
         size = f"{total} bytes" if total <= desc.size else f"more than {desc.size} bytes"
