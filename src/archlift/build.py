@@ -30,7 +30,7 @@ from pathlib import Path
 from . import inputs as inputs_mod
 from .dockerfile import external_images
 from .engine import BuildJob, bake
-from .errors import ArchliftError, BuildError, RegistryError, UsageError
+from .errors import ArchliftError, BuildError, MirrorError, RegistryError, UsageError
 from .inputs import BuildRecord, Inputs
 from .lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
 from .model import Component, Config, Source
@@ -38,7 +38,7 @@ from .ocilayout import Layout, push_tree
 from .patches import PatchedTree, apply_queue, file_sha256, queue_hash
 from .plan import Plan, PlannedComponent
 from .refs import Digest, ImageRef, Platform, RefError
-from .registry import RegistryClient
+from .registry import Descriptor, Manifest, RegistryClient
 from .sources import ResolvedSource, cache_root, checkout, resolve
 
 Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
@@ -90,7 +90,7 @@ class Workspace:
     source_locks: dict[str, threading.Lock] = field(default_factory=dict)
     bases: dict[str, str] = field(default_factory=dict)  # external image -> digest, this run
     indexes: dict[Digest, bytes] = field(default_factory=dict)  # index bytes read back this run (for tagging)
-    pushed: dict[str, Digest] = field(default_factory=dict)  # components whose layout was pushed during the bake
+    done: dict[str, BuildRecord] = field(default_factory=dict)  # pushed, verified and recorded during the bake
 
     def _source_lock(self, name: str) -> threading.Lock:
         with self.guard:
@@ -293,10 +293,9 @@ def finish_one(
             if isinstance(built, BuildError):
                 raise built
             assert built is not None
-            if ws.pushed.get(comp.name) != built:  # not pushed while the bake ran (or not that digest)
-                push_layout(ws, comp, built, report)
-            record = verify_pushed(ws, comp, built, decision.inputs.hash)
-            inputs_mod.save_record(ws.client, comp, ws.config, record)
+            record = ws.done.get(comp.name)
+            if record is None or record.index_digest != built:  # not done while the bake ran
+                record = publish_built(ws, comp, built, decision.inputs, report)
             status = "built"
         patch_hash = queue_hash(_source(comp).patches)
         release = _release_entry(ws, comp, ws.resolve(comp), patch_hash, decision.inputs, record)
@@ -305,18 +304,33 @@ def finish_one(
         return Outcome(comp.name, "failed", time.monotonic() - start, error=e.message)
 
 
-def push_layout(ws: Workspace, comp: Component, digest: Digest | None, report: Reporter) -> Digest:
-    """Push the OCI layout the bake wrote for ``comp`` by digest (no tag), then drop it. With
-    ``digest`` None (pushing as soon as the export is done), the layout's one image is pushed."""
+def publish_built(
+    ws: Workspace, comp: Component, digest: Digest, inputs: Inputs, report: Reporter, *, early: bool = False
+) -> BuildRecord:
+    """Push a built layout by digest, read it back from the registry, and record it (no tag)."""
+    push_layout(ws, comp, digest, report, early=early)
+    record = verify_pushed(ws, comp, digest, inputs.hash)
+    inputs_mod.save_record(ws.client, comp, ws.config, record)
+    return record
+
+
+def push_layout(ws: Workspace, comp: Component, digest: Digest, report: Reporter, *, early: bool = False) -> Digest:
+    """Push the image ``digest`` of the OCI layout the bake wrote for ``comp``, by digest (no tag).
+    ``early``: while the bake still runs, before buildx writes the layout's index.json (the blobs
+    are there); the layout is kept for the check against the bake's metadata."""
     layout = Layout(_layout_dir(ws, comp))
-    index = layout.index()
-    top = next((d for d in index if d.digest == digest), None) if digest else (index[0] if len(index) == 1 else None)
-    if top is None:
-        raise BuildError(f"{comp.name}: the build reported {digest}, which its OCI layout does not hold")
-    digest = top.digest
+    if early:
+        raw = layout.read(digest)  # verified against the digest
+        top = Descriptor(Manifest.of(raw).media_type, digest, len(raw))
+    else:
+        top_or_none = next((d for d in layout.index() if d.digest == digest), None)
+        if top_or_none is None:
+            raise BuildError(f"{comp.name}: the build reported {digest}, which its OCI layout does not hold")
+        top = top_or_none
     report(comp.name, "", f"pushing {digest.short()} by digest")
     push_tree(ws.client, layout, comp.image, top)
-    shutil.rmtree(layout.root, ignore_errors=True)
+    if not early:
+        shutil.rmtree(layout.root, ignore_errors=True)
     return digest
 
 
@@ -329,31 +343,39 @@ def build_all(
 ) -> dict[str, Digest | BuildError]:
     """Bake every component that must be built: ``limit`` components per bake (see ``archlift.engine``)."""
     jobs, failed = [], dict[str, Digest | BuildError]()
-    for planned, decision in todo:
-        comp = planned.component
-        assert decision.inputs is not None
+
+    def prepare(item: tuple[PlannedComponent, Decision]) -> BuildJob | BuildError:
+        comp, inputs = item[0].component, item[1].inputs
+        assert inputs is not None
         try:
-            jobs.append(BuildJob(comp, decision.inputs, ws.tree(comp), _layout_dir(ws, comp)))
+            return BuildJob(comp, inputs, ws.tree(comp), _layout_dir(ws, comp))
         except ArchliftError as e:  # a patch that does not apply stops only its component
-            failed[comp.name] = e if isinstance(e, BuildError) else BuildError(e.message, hint=e.hint)
+            return e if isinstance(e, BuildError) else BuildError(e.message, hint=e.hint)
+
+    with ThreadPoolExecutor(max_workers=limit) as pool:
+        for (planned, _), job in zip(todo, pool.map(prepare, todo), strict=True):
+            if isinstance(job, BuildError):
+                failed[planned.name] = job
+            else:
+                jobs.append(job)
     steps = bool(getattr(report, "wants_steps", False))  # BuildKit's step lines only for a live display
     results: dict[str, Digest | BuildError] = dict(failed)
     with ThreadPoolExecutor(max_workers=limit) as pushers:
 
-        def exported(job: BuildJob) -> None:  # push while the other targets still build
-            pushers.submit(_push_early, ws, job.comp, report)
+        def exported(job: BuildJob, digest: Digest) -> None:  # push while the bake goes on
+            pushers.submit(_publish_early, ws, job, digest, report)
 
         for i in range(0, len(jobs), limit):  # at most `limit` components build at once, each batch one bake
             results.update(bake(jobs[i : i + limit], ws.config, ws.root, report, steps=steps, exported=exported))
     return results
 
 
-def _push_early(ws: Workspace, comp: Component, report: Reporter) -> None:
-    """Best effort: a failure here is retried after the bake, from the same layout."""
+def _publish_early(ws: Workspace, job: BuildJob, digest: Digest, report: Reporter) -> None:
+    """Best effort: a failure here is done again after the bake, from the same layout."""
     try:
-        ws.pushed[comp.name] = push_layout(ws, comp, None, report)
-    except (ArchliftError, OSError, ValueError, StopIteration) as e:
-        log.debug("%s: pushing early failed (%s); pushing after the bake", comp.name, e)
+        ws.done[job.comp.name] = publish_built(ws, job.comp, digest, job.inputs, report, early=True)
+    except (ArchliftError, OSError, ValueError) as e:
+        log.debug("%s: pushing early failed (%s); pushing after the bake", job.comp.name, e)
 
 
 def _release_entry(
@@ -397,7 +419,16 @@ def copy_mirror(ws: Workspace, comp: Component, report: Reporter) -> tuple[Compo
         report(comp.name, "", f"copying {source}")
         wanted = tuple(str(p) for p in comp.platforms)
         one = ImagePlan(comp.name, source.with_digest(desc.digest), comp.image, (), wanted)
-        check(mirror(MirrorPlan(Target(comp.image.registry), (one,)), ws.client))
+        plan = MirrorPlan(Target(comp.image.registry), (one,))
+        try:
+            check(mirror(plan, ws.client))
+        except MirrorError:
+            # Two runs copying the same image at once (per-platform runners of a split release) can make
+            # the registry refuse one of two simultaneous uploads of a blob; the copy is idempotent and
+            # a second pass finds what the other run sent.
+            report(comp.name, "", "copy refused by the registry; trying once more")
+            time.sleep(0.5)
+            check(mirror(plan, ws.client))
     platforms = ws.client.index_platforms(target)
     missing = {str(p) for p in comp.platforms} - set(platforms)
     if missing:
@@ -428,10 +459,11 @@ def move_tags(
     report: Reporter,
     known: dict[Digest, bytes] | None = None,
 ) -> int:
-    """Point every tag at its component's index (bytes from ``known`` when read already); returns how many moved."""
-    moved = 0
-    for rel in releases:
-        raw = (known or {}).get(rel.index_digest)
+    """Point every tag at its component's index (bytes from ``known`` when read already), components
+    in parallel; returns how many tags moved."""
+
+    def one(rel: ComponentRelease) -> int:
+        moved, raw = 0, (known or {}).get(rel.index_digest)
         for ref in rel.tag_refs():
             current = client.head_manifest(ref)
             if current is not None and current.digest == rel.index_digest:
@@ -441,7 +473,10 @@ def move_tags(
             client.put_manifest(ref, raw, rel.media_type)
             report(rel.name, "", f"tagged {ref.tag}")
             moved += 1
-    return moved
+        return moved
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return sum(pool.map(one, releases))
 
 
 @dataclass(frozen=True)

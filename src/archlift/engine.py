@@ -27,6 +27,7 @@ from .refs import Digest
 Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
 _EXPORT_RE = re.compile(r"^#(?P<vertex>\d+) \[(?P<target>[A-Za-z0-9_-]+)\] exporting to oci image format")
 _DONE_RE = re.compile(r"^#(?P<vertex>\d+) DONE")
+_TOP_RE = re.compile(r"^#(?P<vertex>\d+) exporting (?P<what>manifest list|manifest) (?P<digest>sha256:[0-9a-f]{64})")
 _STEP_RE = re.compile(
     r"^#\d+ \[(?P<target>[A-Za-z0-9_-]+) (?P<platform>(?:linux|windows|darwin)/[^ \]]+) (?P<step>[^\]]*)\]"
 )
@@ -71,13 +72,16 @@ def bake_target(job: BuildJob, config: Config) -> dict[str, Any]:
     target: dict[str, Any] = {
         "context": str(tree / build.context),
         "dockerfile": str(build.dockerfile_local or tree / build.dockerfile),
-        "args": {**job.inputs.args, "SOURCE_DATE_EPOCH": str(job.tree.resolved.commit_time)},
+        "args": dict(job.inputs.args),
         "contexts": dict(build.contexts),
         "platforms": [str(p) for p in comp.platforms],
         "labels": labels(comp, job.tree),
         "attest": _attest(config),
-        "output": [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"],
+        "output": [f"type=oci,dest={job.layout},tar=false"],
     }
+    if config.reproducible:  # the upstream commit's time in every timestamp: same inputs, same digests
+        target["args"]["SOURCE_DATE_EPOCH"] = str(job.tree.resolved.commit_time)
+        target["output"] = [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"]
     if build.target:
         target["target"] = build.target
     cache = config.cache.ref_for(comp.image)
@@ -87,7 +91,7 @@ def bake_target(job: BuildJob, config: Config) -> dict[str, Any]:
     return target
 
 
-Exported = Callable[[BuildJob], None]
+Exported = Callable[[BuildJob, Digest], None]  # a job whose layout blobs are written, and its top digest
 
 
 def bake(
@@ -100,8 +104,9 @@ def bake(
     exported: Exported | None = None,
 ) -> dict[str, Digest | BuildError]:
     """Build every job; the index digest of each, or the error that stopped it. With ``steps``,
-    BuildKit's step lines go to ``report`` (a live display). ``exported(job)`` is called as soon as
-    a job's OCI layout is complete, while the others may still build (to push it early)."""
+    BuildKit's step lines go to ``report`` (a live display). ``exported(job, digest)`` is called as
+    soon as a job's layout blobs are written (buildx writes the layout's index.json only when the
+    whole bake ends, after the cache export), so the job can be pushed while the others go on."""
     if not jobs:
         return {}
     definition = {
@@ -149,19 +154,33 @@ class _Watch:
     report: Reporter
     steps: bool
     exported: Exported | None
-    exports: dict[str, str] = field(default_factory=dict)  # vertex -> target
+    exports: dict[str, str] = field(default_factory=dict)  # export vertex -> target
+    tops: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # vertex -> (kind, digest) exported
 
     def line(self, line: str) -> None:
         if self.exported is not None:
-            m = _EXPORT_RE.match(line)
-            if m and m.group("target") in self.jobs:
-                self.exports[m.group("vertex")] = m.group("target")
-            done = _DONE_RE.match(line)
-            if done and done.group("vertex") in self.exports:
-                self.exported(self.jobs[self.exports.pop(done.group("vertex"))])
+            self._export_line(line)
         if self.steps:
             m = _STEP_RE.match(line)
             if m and m.group("target") in self.jobs:
                 rest = line[m.end() :].strip()
                 step = f"{m.group('step')} {rest}".strip()
                 self.report(self.jobs[m.group("target")].comp.name, m.group("platform"), step)
+
+    def _export_line(self, line: str) -> None:
+        assert self.exported is not None
+        m = _EXPORT_RE.match(line)
+        if m and m.group("target") in self.jobs:
+            self.exports[m.group("vertex")] = m.group("target")
+        top = _TOP_RE.match(line)
+        if top and top.group("vertex") in self.exports:
+            self.tops.setdefault(top.group("vertex"), []).append((top.group("what"), top.group("digest")))
+        done = _DONE_RE.match(line)
+        if done and done.group("vertex") in self.exports:
+            target = self.exports.pop(done.group("vertex"))
+            found = self.tops.pop(done.group("vertex"), [])
+            lists = {d for what, d in found if what == "manifest list"}
+            single = {d for _, d in found}
+            digest = lists.pop() if len(lists) == 1 else (single.pop() if not lists and len(single) == 1 else None)
+            if digest:  # otherwise the layout is pushed after the bake, from its index.json
+                self.exported(self.jobs[target], Digest.parse(digest))

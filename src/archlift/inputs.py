@@ -121,6 +121,7 @@ def compute(
         "bases": dict(sorted(bases.items())),
         "provenance": config.provenance,
         "sbom": config.sbom,
+        "reproducible": config.reproducible,
         "image": comp.image.name,
     }
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

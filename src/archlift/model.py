@@ -45,6 +45,7 @@ TOP_KEYS = (
     "builder",
     "cache",
     "attestations",
+    "reproducible",
     "sources",
     "components",
     "manifests",
@@ -132,6 +133,7 @@ class Config:
     provenance: bool
     sbom: bool
     sbom_generator: str
+    reproducible: bool  # SOURCE_DATE_EPOCH from the upstream commit, layer timestamps rewritten
     sources: dict[str, Source]
     components: dict[str, Component]
     manifests: ManifestsConfig
@@ -189,6 +191,7 @@ def load_config(path: Path | str, *, registry: str | None = None) -> Config:
         provenance=_attest(top, "provenance"),
         sbom=_attest(top, "sbom"),
         sbom_generator=_sbom_generator(top),
+        reproducible=top["reproducible"].boolean() if "reproducible" in top else True,
         sources=sources,
         components=components,
         manifests=_manifests(top["manifests"], base, sources) if "manifests" in top else ManifestsConfig(),

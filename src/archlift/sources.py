@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +64,22 @@ def _repo_dir(url: str) -> Path:
 
 
 def _ensure_clone(url: str, context: str) -> Path:
+    """The bare cache clone of ``url``, made once (atomically: concurrent runs may race here)."""
     repo = _repo_dir(url)
     if (repo / "HEAD").exists():
         return repo
-    tmp = repo.with_name(repo.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    git("init", "--bare", "-q", str(tmp), context=context)
-    git("remote", "add", "origin", url, cwd=tmp, context=context)
-    os.replace(tmp, repo)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
+    try:
+        git("init", "--bare", "-q", str(tmp), context=context)
+        git("remote", "add", "origin", url, cwd=tmp, context=context)
+        try:
+            os.rename(tmp, repo)
+        except OSError:
+            if not (repo / "HEAD").exists():  # not another run's clone: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return repo
 
 
