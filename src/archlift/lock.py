@@ -6,9 +6,11 @@ Deterministic JSON: sorted keys, two-space indent, trailing newline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,12 @@ class ReleaseLock:
 
     def images(self) -> list[ImageRef]:
         return [c.ref for c in self.components.values()]
+
+    def relocated(self, where: Callable[[str], ImageRef]) -> ReleaseLock:
+        """The same release with every repository moved by ``where`` (a mirror target's mapping);
+        digests stay as they are, which is what a mirror preserves."""
+        moved = {n: dataclasses.replace(c, repository=where(c.repository).name) for n, c in self.components.items()}
+        return dataclasses.replace(self, components=moved)
 
     # --- serialisation -------------------------------------------------
     def to_json(self) -> str:

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
             ("render the install manifests, every image pinned by digest", ["render", cfg]),
             ("publish the manifests as an OCI artifact", ["publish", "--to", f"{host}/demo/manifests:latest"]),
             (f"mirror the release into {target}", ["mirror", "--to", target]),
+            (
+                f"render the install for the air-gapped cluster: every image from {target}",
+                ["render", cfg, "--registry", target, "--out", "dist/manifests-airgap"],
+            ),
         ):
             if title:
                 _say(title)
@@ -135,6 +139,7 @@ def _summary(host: str, target: str, seconds: float) -> None:
     print("  dist/manifests/          the install, every image pinned by digest")
     print("  dist/rootsync.yaml       a Config Sync RootSync for the published manifests artifact")
     print("  dist/flux.yaml           a Flux OCIRepository + Kustomization for it")
+    print("  dist/manifests-airgap/   the same install pulling every image from the mirror, by the same digests")
     print(f"  .cache/demo/             the registries' storage; they listened on {host} and {target.split('/')[0]}")
     first = next(iter(lock.components.values()))
     print(f"inspect while a registry runs: docker buildx imagetools inspect {first.ref}")

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default: {DEFAULT_LOCK})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory, replaced (default: {DEFAULT_OUT})")
     p.add_argument(
+        "--registry",
+        metavar="REGISTRY[/PREFIX]",
+        help="point every image at this registry instead, by the same digest: where 'archlift mirror --to' "
+        "copied the release, for an air-gapped cluster that pulls only from there",
+    )
+    p.add_argument(
         "--kubernetes-version",
         default=KUBERNETES_VERSION,
         help=f"validate against this Kubernetes version's schemas (default: {KUBERNETES_VERSION})",
@@ -69,6 +75,10 @@ def replacements(config: Config) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lock = ReleaseLock.read(args.lock)
+    if args.registry:
+        from ..mirror import Target
+
+        lock = lock.relocated(Target.parse(args.registry).map)
     if config.manifests.templates is None and not config.manifests.upstream:
         raise ConfigError(
             f"{config.path}: no 'manifests:' to render", hint="add manifests.templates and/or manifests.upstream"
