@@ -270,42 +270,27 @@ def test_a_result_that_differs_from_the_release_is_not_ok() -> None:
 
 @pytest.mark.slow
 def test_the_release_build_with_epoch_and_rewritten_timestamps_is_rebuilt_exactly(
-    demo: Path, registry: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo: Path, registry: LocalRegistry, tmp_path: Path
 ) -> None:
-    """With SOURCE_DATE_EPOCH (the commit time) and rewrite-timestamp=true in the release build, as
-    ``run_buildx`` is asked to set them, a rebuild from empty caches gives the released platform manifests
-    (provenance, SBOM and the registry cache on in the release build; they do not touch the images)."""
-    from python_on_whales import docker
-
+    """The release build sets SOURCE_DATE_EPOCH (the commit time) and rewrite-timestamp=true itself
+    (``reproducible: true``, the default), so a rebuild from empty caches gives the released platform
+    manifests (provenance, SBOM and the registry cache on in the release build; they do not touch the images)."""
     from archlift.build import execute
     from archlift.lock import ReleaseLock
     from archlift.plan import make_plan
+    from archlift.sources import resolve
 
     seed_sbom_scanner(registry.host)
     config = load_config(demo, registry=f"{registry.host}/reproduced")
-    epochs = {c.name: 0 for c in config.components.values()}
-    buildx = type(docker.buildx)
-    real_build = buildx.build
-
-    def build_like_the_hook(self: object, context: object, **kw: object) -> object:
-        # The two options run_buildx is to pass (idempotent once it does).
-        from archlift.sources import resolve
-
-        labels = kw["labels"]
-        assert isinstance(labels, dict)
-        comp = config.components[labels["dev.archlift.component"]]
-        assert comp.source is not None
-        epoch = resolve(comp.source).commit_time
-        epochs[comp.name] = epoch
-        kw["build_args"] = {**kw.get("build_args", {}), "SOURCE_DATE_EPOCH": str(epoch)}  # type: ignore[dict-item]
-        kw["output"] = {**kw["output"], "rewrite-timestamp": "true"}  # type: ignore[dict-item]
-        return real_build(self, context, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(buildx, "build", build_like_the_hook)
+    assert config.reproducible
+    epochs = {}
+    for name in ("hello", "toolbox"):
+        source = config.components[name].source
+        assert source is not None
+        epochs[name] = resolve(source).commit_time
     lock_path = tmp_path / "dist" / "release.json"
     result = execute(make_plan(config, ["hello", "toolbox"]), lock_path=lock_path, force=True)
     assert result.ok, [o.error for o in result.outcomes]
-    monkeypatch.setattr(buildx, "build", real_build)
     lock = ReleaseLock.read(lock_path)
     for name in ("hello", "toolbox"):
         rebuilt = verify_component(config, name, released=dict(lock.component(name).platforms))

@@ -225,7 +225,8 @@ def verify_component(
 ) -> Result:
     """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
     names the platform manifests of a release, the rebuilt ones with them)."""
-    from .build import _labels, inputs_for, workspace
+    from .build import inputs_for, workspace
+    from .engine import labels as image_labels
     from .proc import run
 
     comp = config.components.get(name)
@@ -239,7 +240,7 @@ def verify_component(
         epoch = resolved.commit_time
         context = tree.path / comp.build.context
         dockerfile = comp.build.dockerfile_local or (tree.path / comp.build.dockerfile)
-        labels = {k: v for k, v in _labels(comp, resolved).items() if v}
+        labels = image_labels(comp, tree)
         work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=ws.root))
         layouts: list[Path] = []
         digests: list[Digest] = []
