@@ -180,6 +180,14 @@ def test_cli_sign_then_verify_the_mirror(
     assert bad.returncode == VerifyError.exit_code
     assert "no signature verifies against" in bad.stderr
 
+    # `archlift verify` checks the whole release there: digests, platforms, tags, and signatures with --key
+    whole = _cli("verify", "--registry", f"{reg_b.host}/copy", "--key", str(pub), cwd=tmp_path, env=env)
+    assert whole.returncode == 0, whole.stderr
+    assert "signatures: 1 of 1 image(s) verified" in whole.stdout
+    wrong = _cli("verify", "--registry", f"{reg_b.host}/copy", "--key", str(other_public_key), cwd=tmp_path, env=env)
+    assert wrong.returncode == VerifyError.exit_code
+    assert "no signature verifies against" in wrong.stderr
+
 
 def test_sign_in_a_tls_registry_with_archlift_credentials(
     seeded_base: ImageRef,

@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--registry", required=True, metavar="REGISTRY[/PREFIX]", help="the registry to check")
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
     p.add_argument("--deep", action="store_true", help="also check that every blob is present")
+    p.add_argument(
+        "--key",
+        metavar="COSIGN_PUB",
+        help="also verify every image's cosign signature there with this public key (a path or env://VAR)",
+    )
     add_artifacts_args(p)
     add_client_args(p)
     add_json_arg(p)
@@ -36,10 +41,13 @@ def run(args: argparse.Namespace) -> int:
     report = verify_target(
         lock, target, make_client(args), deep=args.deep, jobs=args.jobs, artifacts=load_artifacts(args)
     )
+    signatures = _signatures(lock, args.key, str(target)) if args.key and report.ok else None
     if args.json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "signatures": signatures} if signatures is not None else report.to_json())
     else:
         print(report.summary())
+        if signatures is not None:
+            print(f"signatures: {len(signatures)} of {len(lock.components)} image(s) verified with {args.key}")
     if not report.ok:
         bad = [i.name for i in report.images if i.problems]
         raise VerifyError(
@@ -47,3 +55,12 @@ def run(args: argparse.Namespace) -> int:
             hint=f"run 'archlift mirror --to {target}' to copy what is missing",
         )
     return 0
+
+
+def _signatures(lock: object, key: str, registry: str) -> list[dict[str, str]]:
+    """cosign verify of every image in ``registry`` (raises VerifyError naming each one that fails)."""
+    from ..lock import ReleaseLock
+    from ..sign import verify_release
+
+    assert isinstance(lock, ReleaseLock)
+    return [{"component": s.component, "image": str(s.ref)} for s in verify_release(lock, key, registry=registry)]
