@@ -14,6 +14,7 @@ nox -s release                   build, render, publish, sign, report
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import nox
 
@@ -57,41 +58,28 @@ def demo(session: nox.Session) -> None:
     _archlift(session, "demo")
 
 
-@nox.session(name="build-images", python=PYTHON)
-def build_images(session: nox.Session) -> None:
-    """Fetch, patch, build with buildx for every platform, push by digest, tag, lock."""
-    _install(session)
-    _archlift(session, "build")
+# Thin sessions over one command each: `nox -s build-images -- images.yaml hello`, and so on.
+STEPS = {
+    "build-images": "build",  # fetch, patch, build, push by digest, tag, write dist/release.json
+    "render-manifests": "render",  # dist/manifests/ from the lock
+    "publish-manifests": "publish",  # -- --to REGISTRY/REPO[:TAG]
+    "mirror": "mirror",  # -- --to REGISTRY[/PREFIX]
+    "export": "export",  # -- --output bundle.tar
+    "import": "import",  # -- bundle.tar --to REGISTRY
+}
 
 
-@nox.session(name="render-manifests", python=PYTHON)
-def render_manifests(session: nox.Session) -> None:
-    _install(session)
-    _archlift(session, "render")
+def _step_session(command: str) -> Callable[[nox.Session], None]:
+    def session(session: nox.Session) -> None:
+        _install(session)
+        _archlift(session, command)
+
+    session.__doc__ = f"python -m archlift {command} (options after --)"
+    return session
 
 
-@nox.session(name="publish-manifests", python=PYTHON)
-def publish_manifests(session: nox.Session) -> None:
-    _install(session)
-    _archlift(session, "publish")
-
-
-@nox.session(python=PYTHON)
-def mirror(session: nox.Session) -> None:
-    _install(session)
-    _archlift(session, "mirror")
-
-
-@nox.session(name="export", python=PYTHON)
-def export_bundle(session: nox.Session) -> None:
-    _install(session)
-    _archlift(session, "export")
-
-
-@nox.session(name="import", python=PYTHON)
-def import_bundle(session: nox.Session) -> None:
-    _install(session)
-    _archlift(session, "import")
+for _name, _command in STEPS.items():
+    nox.session(name=_name, python=PYTHON)(_step_session(_command))
 
 
 @nox.session(python=PYTHON)
