@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(host: str, target: str, seconds: float) -> None:
     from ..lock import ReleaseLock
+    from ..proc import run
 
     lock = ReleaseLock.read(Path("dist/release.json"))
     _say(f"done in {seconds:.1f} s")
@@ -141,6 +142,9 @@ def _summary(host: str, target: str, seconds: float) -> None:
     print("  dist/flux.yaml           a Flux OCIRepository + Kustomization for it")
     print("  dist/manifests-airgap/   the same install pulling every image from the mirror, by the same digests")
     print(f"  .cache/demo/             the registries' storage; they listened on {host} and {target.split('/')[0]}")
-    first = next(iter(lock.components.values()))
-    print(f"inspect while a registry runs: docker buildx imagetools inspect {first.ref}")
-    print("run the demo again: nothing is rebuilt; every step checks and moves on")
+    _say("each index, as docker buildx imagetools inspect shows it")
+    for rel in lock.components.values():
+        out = run(["docker", "buildx", "imagetools", "inspect", str(rel.ref)], context="inspecting").stdout
+        platforms = sorted({line.split()[-1] for line in out.splitlines() if line.strip().startswith("Platform:")})
+        print(f"  {rel.name:8} {', '.join(p for p in platforms if p != 'unknown/unknown')}")
+    print("\nrun the demo again: nothing is rebuilt; every step checks and moves on")
