@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from archlift.engine import BuildJob, bake_target
+from archlift.inputs import Inputs
 from archlift.localenv import LocalRegistry, make_git_repo, seed_sbom_scanner
 from archlift.mirror import ImagePlan, MirrorPlan, Target, check, mirror
 from archlift.model import load_config
 from archlift.ocilayout import Layout
+from archlift.patches import PatchedTree
 from archlift.refs import Digest, ImageRef
 from archlift.registry import RegistryClient
-from archlift.reproducible import buildx_argv, compare_layer_blobs, compare_layouts, verify_component
+from archlift.reproducible import build_definition, compare_layer_blobs, compare_layouts, verify_component
+from archlift.sources import ResolvedSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -125,9 +129,10 @@ def test_layout_comparison_names_platform_layer_and_file(tmp_path: Path) -> None
     assert diff.describe().endswith("): stamp: only in build 2")
 
 
-def test_buildx_argv_starts_empty_and_rewrites_timestamps(tmp_path: Path) -> None:
+def test_the_build_definition_is_the_releases_from_an_empty_cache(tmp_path: Path) -> None:
     (tmp_path / "images.yaml").write_text(
         "registry: registry.example/x\n"
+        "reproducible: false\n"
         "attestations: {provenance: true, sbom: true}\n"
         "components:\n"
         "  app:\n"
@@ -136,21 +141,25 @@ def test_buildx_argv_starts_empty_and_rewrites_timestamps(tmp_path: Path) -> Non
     )
     config = load_config(tmp_path / "images.yaml")
     comp = config.components["app"]
-    argv = buildx_argv(
-        config, comp, tmp_path, tmp_path / "Dockerfile", {"A": "b"}, {}, tmp_path / "out", tmp_path / "m.json", 42,
-        attestations=False,
-    )  # fmt: skip
-    assert argv[:4] == ["docker", "buildx", "build", "--no-cache"]
-    assert "--cache-from" not in " ".join(argv)
-    assert argv[argv.index("SOURCE_DATE_EPOCH=42") - 1 :][:2] == ["--build-arg", "SOURCE_DATE_EPOCH=42"]
-    assert f"type=oci,dest={tmp_path / 'out'},tar=false,rewrite-timestamp=true" in argv
-    assert "--provenance=false" in argv and "--sbom=false" in argv
-    assert "base:1=docker-image://registry.example/base:1" in argv
-    with_att = buildx_argv(
-        config, comp, tmp_path, tmp_path / "Dockerfile", {}, {}, tmp_path / "out", tmp_path / "m.json", 42,
-        attestations=True,
-    )  # fmt: skip
-    assert "--provenance=mode=min" in with_att and "--sbom=true" in with_att
+    assert comp.source is not None
+    resolved = ResolvedSource(comp.source, str(tmp_path), "0" * 40, "local", 42, None)
+    job = BuildJob(comp, Inputs("h", {}, {"A": "b"}), PatchedTree(tmp_path, resolved, ()), tmp_path / "out")
+    target = build_definition(job, config, attestations=False)["target"][job.target]
+    assert target["no-cache"] is True
+    assert "cache-from" not in target and "cache-to" not in target
+    # reproducible even where the release build is not (reproducible: false)
+    assert target["args"] == {"A": "b", "SOURCE_DATE_EPOCH": "42"}
+    assert target["output"] == [f"type=oci,dest={tmp_path / 'out'},tar=false,rewrite-timestamp=true"]
+    assert target["attest"] == ["type=provenance,disabled=true", "type=sbom,disabled=true"]
+    assert target["contexts"] == {"base:1": "docker-image://registry.example/base:1"}
+    # the same definition the release build uses, but for the cache
+    release = bake_target(job, config, reproducible=True)
+    assert {k: v for k, v in release.items() if not k.startswith("cache-")} == {
+        **{k: v for k, v in target.items() if k != "no-cache"},
+        "attest": release["attest"],
+    }
+    with_att = build_definition(job, config, attestations=True)["target"][job.target]
+    assert with_att["attest"] == ["type=provenance,mode=min", "type=sbom"]
 
 
 # --- real builds ------------------------------------------------------------------------------

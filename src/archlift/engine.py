@@ -57,7 +57,9 @@ def labels(comp: Component, tree: PatchedTree) -> dict[str, str]:
     return out
 
 
-def _attest(config: Config) -> list[str]:
+def _attest(config: Config, attestations: bool) -> list[str]:
+    if not attestations:
+        return ["type=provenance,disabled=true", "type=sbom,disabled=true"]
     sbom = "type=sbom,disabled=true"
     if config.sbom:
         sbom = f"type=sbom,generator={config.sbom_generator}" if config.sbom_generator else "type=sbom"
@@ -65,7 +67,17 @@ def _attest(config: Config) -> list[str]:
     return [provenance, sbom]
 
 
-def bake_target(job: BuildJob, config: Config) -> dict[str, Any]:
+def bake_target(
+    job: BuildJob,
+    config: Config,
+    *,
+    fresh: bool = False,
+    attestations: bool = True,
+    reproducible: bool | None = None,
+) -> dict[str, Any]:
+    """The one definition of how a component is built, as a bake target. ``fresh``: from an empty
+    cache, importing and exporting none (verify-reproducible); ``attestations`` off drops provenance
+    and SBOM; ``reproducible`` overrides the file's setting."""
     comp, build = job.comp, job.comp.build
     assert build is not None
     tree = job.tree.path
@@ -76,19 +88,30 @@ def bake_target(job: BuildJob, config: Config) -> dict[str, Any]:
         "contexts": dict(build.contexts),
         "platforms": [str(p) for p in comp.platforms],
         "labels": labels(comp, job.tree),
-        "attest": _attest(config),
+        "attest": _attest(config, attestations),
         "output": [f"type=oci,dest={job.layout},tar=false"],
     }
-    if config.reproducible:  # the upstream commit's time in every timestamp: same inputs, same digests
-        target["args"]["SOURCE_DATE_EPOCH"] = str(job.tree.resolved.commit_time)
-        target["output"] = [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"]
     if build.target:
         target["target"] = build.target
+    if config.reproducible if reproducible is None else reproducible:
+        # the upstream commit's time in every timestamp: same inputs, same digests
+        target["args"]["SOURCE_DATE_EPOCH"] = str(job.tree.resolved.commit_time)
+        target["output"] = [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"]
     cache = config.cache.ref_for(comp.image)
-    if cache is not None:
+    if fresh:
+        target["no-cache"] = True
+    elif cache is not None:
         target["cache-from"] = [f"type=registry,ref={cache}"]
         target["cache-to"] = [f"type=registry,ref={cache},mode=max"]
     return target
+
+
+def bake_argv(bakefile: Path, metadata: Path, targets: list[str], config: Config) -> list[str]:
+    """``docker buildx bake`` of ``targets`` in ``bakefile`` (plain progress, on the configured builder)."""
+    argv = ["docker", "buildx", "bake", "-f", str(bakefile), "--metadata-file", str(metadata), "--progress=plain"]
+    if config.builder:
+        argv += ["--builder", config.builder]
+    return [*argv, *targets]
 
 
 Exported = Callable[[BuildJob, Digest], None]  # a job whose layout blobs are written, and its top digest
@@ -135,10 +158,7 @@ def _run(
     jobs: list[BuildJob], config: Config, bakefile: Path, metadata: Path, watch: _Watch
 ) -> tuple[dict[str, Digest | BuildError], BuildError | None]:
     by_target = {j.target: j for j in jobs}
-    argv = ["docker", "buildx", "bake", "-f", str(bakefile), "--metadata-file", str(metadata), "--progress=plain"]
-    if config.builder:
-        argv += ["--builder", config.builder]
-    result = stream([*argv, *by_target], watch.line)
+    result = stream(bake_argv(bakefile, metadata, list(by_target), config), watch.line)
     if result.returncode != 0:
         names = ", ".join(j.comp.name for j in jobs)
         return {}, BuildError(f"{names}: docker buildx bake failed ({result.returncode}):\n{tail(result.stderr)}")

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine import BuildJob, bake_argv, bake_target
 from .errors import BuildError, ConfigError
-from .model import Component, Config
+from .model import Config
 from .ocilayout import Layout
 from .refs import Digest
 from .registry import Descriptor, Manifest
@@ -169,49 +170,10 @@ class Result:
 # --- building -----------------------------------------------------------------
 
 
-def buildx_argv(
-    config: Config,
-    comp: Component,
-    context: Path,
-    dockerfile: Path,
-    args: dict[str, str],
-    labels: dict[str, str],
-    dest: Path,
-    metadata: Path,
-    epoch: int,
-    *,
-    attestations: bool,
-) -> list[str]:
-    """``docker buildx build`` from an empty cache to an OCI layout with rewritten timestamps."""
-    assert comp.build is not None
-    argv = ["docker", "buildx", "build", "--no-cache", "--progress=plain"]
-    if config.builder:
-        argv += ["--builder", config.builder]
-    argv += ["--platform", ",".join(str(p) for p in comp.platforms), "--file", str(dockerfile)]
-    if comp.build.target:
-        argv += ["--target", comp.build.target]
-    for key, value in sorted({**args, "SOURCE_DATE_EPOCH": str(epoch)}.items()):
-        argv += ["--build-arg", f"{key}={value}"]
-    for name, value in sorted(comp.build.contexts.items()):
-        argv += ["--build-context", f"{name}={value}"]
-    for key, value in sorted(labels.items()):
-        argv += ["--label", f"{key}={value}"]
-    if attestations and config.provenance:
-        argv.append("--provenance=mode=min")
-    else:
-        argv.append("--provenance=false")
-    if attestations and config.sbom:
-        argv.append(f"--sbom=generator={config.sbom_generator}" if config.sbom_generator else "--sbom=true")
-    else:
-        argv.append("--sbom=false")
-    argv += [
-        "--output",
-        f"type=oci,dest={dest},tar=false,rewrite-timestamp=true",
-        "--metadata-file",
-        str(metadata),
-        str(context),
-    ]
-    return argv
+def build_definition(job: BuildJob, config: Config, *, attestations: bool) -> dict[str, Any]:
+    """The release's own bake target for ``job`` (``archlift.engine.bake_target``), from an empty cache
+    and always with SOURCE_DATE_EPOCH and rewritten timestamps."""
+    return {"target": {job.target: bake_target(job, config, fresh=True, attestations=attestations, reproducible=True)}}
 
 
 def verify_component(
@@ -226,7 +188,6 @@ def verify_component(
     """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
     names the platform manifests of a release, the rebuilt ones with them)."""
     from .build import inputs_for, workspace
-    from .engine import labels as image_labels
     from .proc import run
 
     comp = config.components.get(name)
@@ -238,31 +199,25 @@ def verify_component(
         inputs, resolved, _ = inputs_for(ws, comp)
         tree = ws.tree(comp)
         epoch = resolved.commit_time
-        context = tree.path / comp.build.context
-        dockerfile = comp.build.dockerfile_local or (tree.path / comp.build.dockerfile)
-        labels = image_labels(comp, tree)
         work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=ws.root))
         layouts: list[Path] = []
         digests: list[Digest] = []
         for n in (1, 2):
-            dest = work / f"build{n}"
-            metadata = work / f"build{n}.metadata.json"
-            argv = buildx_argv(
-                config, comp, context, dockerfile, inputs.args, labels, dest, metadata, epoch, attestations=attestations
-            )
+            job = BuildJob(comp, inputs, tree, work / f"build{n}")
+            bakefile, metadata = work / f"build{n}.bake.json", work / f"build{n}.metadata.json"
+            bakefile.write_text(json.dumps(build_definition(job, config, attestations=attestations), indent=2))
             say(f"{name}: build {n} of 2 (no cache, SOURCE_DATE_EPOCH={epoch})")
             run(
-                argv,
-                env={"SOURCE_DATE_EPOCH": str(epoch)},
+                bake_argv(bakefile, metadata, [job.target], config),
                 error=BuildError,
                 context=f"{name}: reproducibility build {n}",
                 timeout=3600,
             )
             try:
-                digests.append(Digest.parse(json.loads(metadata.read_text())["containerimage.digest"]))
+                digests.append(Digest.parse(json.loads(metadata.read_text())[job.target]["containerimage.digest"]))
             except (OSError, KeyError, ValueError) as e:
                 raise BuildError(f"{name}: build {n} wrote no image digest to its metadata file ({e})") from e
-            layouts.append(dest)
+            layouts.append(job.layout)
         comparison = compare_layouts(Layout(layouts[0]), Layout(layouts[1]), digests[0], digests[1])
         kept: tuple[Path, ...] = ()
         if keep is not None:
