@@ -9,7 +9,11 @@ set -euo pipefail
 log() { printf '[setup-host] %s\n' "$*"; }
 die() { printf '[setup-host] ERROR: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts dockerd)"
+if [ "$(id -u)" != 0 ]; then
+  # It installs Debian packages and starts dockerd: elevate when we can.
+  command -v sudo >/dev/null || die "run as root (it installs Debian packages and starts dockerd)"
+  exec sudo -- "$0" "$@"
+fi
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian-based hosts only"
 
 TRIXIE_SOURCES=/etc/apt/sources.list.d/archlift-trixie.sources
