@@ -26,7 +26,8 @@ class Scripted:
 
     def __init__(self) -> None:
         self.routes: dict[str, Handler] = {}
-        self.seen: list[tuple[str, str, str]] = []  # method, path, Authorization
+        self.seen: list[tuple[str, str, str]] = []  # method, path, Authorization (API requests)
+        self.probes = 0
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -36,7 +37,10 @@ class Scripted:
                 pass
 
             def _any(self) -> None:
-                outer.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+                if (self.command, self.path) == ("GET", "/v2/"):
+                    outer.probes += 1  # the client's first, plain-HTTP contact with a loopback host
+                else:
+                    outer.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
                 length = int(self.headers.get("Content-Length") or 0)
                 self.body = self.rfile.read(length) if length else b""
                 for prefix in sorted(outer.routes, key=len, reverse=True):
@@ -117,7 +121,8 @@ def test_retries_are_bounded(server: Scripted, client: RegistryClient) -> None:
     with pytest.raises(RequestFailed, match="HTTP 500") as e:
         client.get_blob(ImageRef.parse(f"{server.host}/a"), d)
     assert e.value.temporary
-    assert len(server.seen) == 1 + 4  # first try + retries (TLS probe is not an HTTP request)
+    assert len(server.seen) == 1 + 4  # first try + retries
+    assert server.probes == 1  # GET /v2/ once, in plain HTTP: the host speaks it
 
 
 def test_no_retry_on_client_errors(server: Scripted, client: RegistryClient) -> None:

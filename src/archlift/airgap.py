@@ -102,7 +102,7 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def _download(client: RegistryClient, repo: ImageRef, desc: Descriptor, path: Path, attempts: int = 4) -> None:
     """A blob into ``path``, verified; temporary failures start it again."""
-    from urllib3 import exceptions as ue
+    from .registry.transport import TransportError
 
     for attempt in range(attempts):
         try:
@@ -111,16 +111,16 @@ def _download(client: RegistryClient, repo: ImageRef, desc: Descriptor, path: Pa
             total = 0
             try:
                 with path.open("wb") as f:
-                    for chunk in resp.stream(CHUNK, decode_content=False):
+                    for chunk in resp.chunks(CHUNK):
                         h.update(chunk)
                         total += len(chunk)
                         f.write(chunk)
-            except (ue.HTTPError, ConnectionError, TimeoutError) as e:  # reading: temporary
+            except (TransportError, ConnectionError, TimeoutError) as e:  # reading: temporary
                 raise RequestFailed(
                     f"reading blob {desc.digest.short()}: {e.__class__.__name__}", temporary=True
                 ) from None
             finally:
-                resp.release_conn()
+                resp.release()
             actual = f"{desc.digest.algorithm}:{h.hexdigest()}"
             if actual != desc.digest.value or total != desc.size:
                 raise DigestMismatch(

@@ -1,6 +1,6 @@
 """The OCI distribution client used by build, publish, mirror, verify and audit.
 
-``RegistryClient`` (urllib3, thread-safe, one instance for every host) with
+``RegistryClient`` (http.client, thread-safe, one instance for every host) with
 ``Descriptor`` and ``Manifest`` values. Credentials, per registry host, first
 match wins:
 

@@ -1,10 +1,12 @@
-"""The OCI distribution client over urllib3: one ``RegistryClient`` serves every
+"""The OCI distribution client (over ``http.client``, see ``.transport``): one ``RegistryClient`` serves every
 registry host and may be shared by worker threads.
 
 Transport rules:
 - HTTPS first. Plain HTTP only for loopback hosts (127.0.0.0/8, ``localhost``,
   ``[::1]``) or with ``insecure=True``, and only when the host does not speak
-  TLS; the scheme is remembered per host. A loopback host whose certificate does
+  TLS; the scheme is remembered per host. A loopback host with no CA in
+  ``/etc/docker/certs.d`` is asked ``GET /v2/`` in plain HTTP first (without
+  credentials): a TLS server's refusal of it sends the client to HTTPS. A loopback host whose certificate does
   not verify is an error (give ``ca_file``), not a silent downgrade; with
   ``insecure=True`` certificates are not verified (docker's insecure registries).
 - CA: ``ca_file`` for every host, or ``/etc/docker/certs.d/<host>/ca.crt`` (and
@@ -23,24 +25,20 @@ import random
 import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryError
 from ..refs import Digest, ImageRef, Platform
 from . import auth
 from .model import ACCEPT_MANIFESTS, INDEX_TYPES, OCI_INDEX, Descriptor, Manifest
-
-if TYPE_CHECKING:
-    import urllib3
+from .transport import CHUNK, TLS, Broken, ConnectFailed, Response, TLSFailed, Transport, TransportError, Unsendable
 
 log = logging.getLogger("archlift.registry")
 
 CERTS_D = Path("/etc/docker/certs.d")
-CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
 _TEMPORARY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 507, 520, 522, 524})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -105,7 +103,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
+def _error_text(resp: Response) -> str:
     """The registry's own error codes and messages, shortened."""
     import json
 
@@ -130,20 +128,13 @@ class RegistryClient:
         backoff: float = 0.2,
         timeout: float = 60.0,
     ) -> None:
-        import urllib3
-
         self.insecure = insecure
         self.ca_file = ca_file
         self.docker_config = docker_config
         self.retries = retries
         self.backoff = backoff
-        self._pm = urllib3.PoolManager(
-            num_pools=64,
-            maxsize=max_connections,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=min(15.0, timeout), read=timeout),
-        )
+        self.max_connections = max_connections  # kept for callers; the pool keeps what the threads use
+        self._transport = Transport(timeout=timeout, connect_timeout=min(15.0, timeout))
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._scheme: dict[str, str] = {}
@@ -153,11 +144,12 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> token
         self._no_referrers_api: set[str] = set()
         self._referrers_api: set[str] = set()
+        self._mounts_honoured: set[str] = set()  # registries that answered a blob mount with 201
         self._probes: dict[str, threading.Lock] = {}  # one first contact (scheme, referrers API) per host
         self.requests = 0  # for tests and reports: HTTP requests sent
 
     def close(self) -> None:
-        self._pm.clear()
+        self._transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -166,18 +158,14 @@ class RegistryClient:
         self.close()
 
     # ------------------------------------------------------------------ transport
-    def _tls_kwargs(self, host: str) -> dict[str, Any]:
+    def _tls(self, host: str) -> TLS:
         if self.insecure:
-            return {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-        kwargs: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+            return TLS(insecure=True)
         certs = CERTS_D / host
-        if (certs / "ca.crt").is_file():
-            kwargs["ca_certs"] = str(certs / "ca.crt")
-        elif self.ca_file:
-            kwargs["ca_certs"] = self.ca_file
+        ca = str(certs / "ca.crt") if (certs / "ca.crt").is_file() else self.ca_file
         if (certs / "client.cert").is_file() and (certs / "client.key").is_file():
-            kwargs["cert_file"], kwargs["key_file"] = str(certs / "client.cert"), str(certs / "client.key")
-        return kwargs
+            return TLS(ca_file=ca, cert_file=str(certs / "client.cert"), key_file=str(certs / "client.key"))
+        return TLS(ca_file=ca)
 
     def scheme(self, host: str) -> str:
         with self._lock:
@@ -282,52 +270,35 @@ class RegistryClient:
                 self._tokens[(host, scope)] = token
             return token
 
-    def _raw_send(
-        self, method: str, url: str, headers: dict[str, str], body: Any, stream: bool
-    ) -> urllib3.BaseHTTPResponse:
+    def _raw_send(self, method: str, url: str, headers: dict[str, str], body: Any, stream: bool) -> Response:
         parts = urlsplit(url)
-        host = parts.netloc
-        pool_kwargs = self._tls_kwargs(host) if parts.scheme == "https" else None
-        pool = self._pm.connection_from_url(url, pool_kwargs=pool_kwargs)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        tls = self._tls(parts.netloc) if parts.scheme == "https" else None
         with self._lock:
             self.requests += 1
-        log.debug("%s %s://%s%s", method, parts.scheme, host, parts.path)  # no query: it may name the account
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # InsecureRequestWarning when insecure=True
-            return pool.urlopen(
-                method,
-                target,
-                headers=headers,
-                body=body,
-                redirect=False,
-                retries=False,
-                preload_content=not stream,
-                decode_content=False,
-                assert_same_host=False,
-            )
+        log.debug("%s %s://%s%s", method, parts.scheme, parts.netloc, parts.path)  # no query: it may name the account
+        resp = self._transport.send(method, url, headers, body, tls=tls)
+        if not stream:
+            resp.data  # noqa: B018  # read it whole now: the connection goes back to the pool
+        return resp
 
     def _send_with_retries(
         self, method: str, url: str, headers: dict[str, str], body: Any, context: str, stream: bool
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         """Send once, retrying temporary failures (only with a replayable body)."""
-        from urllib3 import exceptions as ue
-
         replayable = body is None or isinstance(body, bytes)
         attempt = 0
         while True:
             wait: float | None = None
             try:
                 resp = self._raw_send(method, url, headers, body, stream)
-            except ue.SSLError:
-                raise
-            except ue.NewConnectionError as e:
-                reason = str(e.__context__ or e).split(": ", 1)[-1] if e.__context__ else "connection failed"
-                raise RequestFailed(f"{context}: cannot connect to {urlsplit(url).netloc}: {reason}") from None
-            except (ue.ProtocolError, ue.TimeoutError, ue.HTTPError, ConnectionError, TimeoutError) as e:
+            except ConnectFailed as e:
+                raise RequestFailed(f"{context}: cannot connect to {urlsplit(url).netloc}: {e}") from None
+            except Unsendable as e:
+                raise RequestFailed(f"{context}: {e}") from None
+            except Broken as e:
                 if not replayable or attempt >= self.retries:
                     raise RequestFailed(
-                        f"{context}: {e.__class__.__name__} talking to {urlsplit(url).netloc}"
+                        f"{context}: {e} talking to {urlsplit(url).netloc}"
                         + (f" after {attempt + 1} attempts" if attempt else ""),
                         temporary=True,
                     ) from None
@@ -335,8 +306,7 @@ class RegistryClient:
                 if resp.status not in _TEMPORARY_STATUS or not replayable or attempt >= self.retries:
                     return resp
                 wait = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
-                resp.drain_conn()
-                resp.release_conn()
+                resp.release()
             delay = min(4.0, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
             if wait is not None:
                 delay = min(max(delay, wait), 30.0)
@@ -359,7 +329,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: Any = None,
         stream: bool = False,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         """One API request: scheme choice, auth, retries and redirects done here.
 
         ``target`` is a path (``/v2/...``) on ``host`` or an absolute URL (an
@@ -371,7 +341,33 @@ class RegistryClient:
         if known or target.startswith(("http://", "https://")):
             return self._request(method, host, target, scope, context, headers, body, stream)
         with self._probe_lock(f"scheme {host}"):  # the first request finds the scheme; the others wait for it
+            with self._lock:
+                known = host in self._scheme
+            if not known and self._plain_first(host):
+                self._probe_plain(host, context)
             return self._request(method, host, target, scope, context, headers, body, stream)
+
+    def _plain_first(self, host: str) -> bool:
+        """Ask a loopback host in plain HTTP first (no certificate is configured for it): a
+        local registry mostly speaks it, and TLS set-up costs more than the request."""
+        return is_loopback(host) and not (CERTS_D / host / "ca.crt").is_file()
+
+    def _probe_plain(self, host: str, context: str) -> None:
+        """``GET /v2/`` in plain HTTP, no credentials: any HTTP answer but a TLS server's
+        complaint about plain HTTP means the host speaks it; else it is left to HTTPS."""
+        with self._lock:
+            self.requests += 1
+        try:
+            resp = self._transport.send("GET", f"http://{host}/v2/", {})
+            tls_port = resp.status == 400 and b"https" in resp.data.lower()
+        except ConnectFailed as e:
+            raise RequestFailed(f"{context}: cannot connect to {host}: {e}") from None
+        except Broken:  # no HTTP answer: a TLS server that dropped the plain request
+            tls_port = True
+        if not tls_port:
+            log.debug("%s speaks plain HTTP (loopback)", host)
+            with self._lock:
+                self._scheme[host] = "http"
 
     def _request(
         self,
@@ -383,9 +379,7 @@ class RegistryClient:
         headers: dict[str, str] | None,
         body: Any,
         stream: bool,
-    ) -> urllib3.BaseHTTPResponse:
-        from urllib3 import exceptions as ue
-
+    ) -> Response:
         auth_tried = False
         redirects = 0
         while True:
@@ -398,9 +392,8 @@ class RegistryClient:
                     hdrs["Authorization"] = authz
             try:
                 resp = self._send_with_retries(method, url, hdrs, body, context, stream)
-            except ue.SSLError as e:
-                text = str(e)
-                verify = "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+            except TLSFailed as e:
+                verify = e.verify
                 if url.startswith("https://") and not verify and self._may_use_http(url_host):
                     with self._lock:
                         self._scheme[url_host] = "http"
@@ -420,8 +413,7 @@ class RegistryClient:
                     self._scheme.setdefault(url_host, "https")
             if resp.status == 401 and url_host == host:
                 header = resp.headers.get("WWW-Authenticate", "")
-                resp.drain_conn()
-                resp.release_conn()
+                resp.release()
                 self._authenticate(host, scope, header, context, auth_tried)
                 auth_tried = True
                 if body is not None and not isinstance(body, bytes):  # a stream cannot be sent twice
@@ -429,8 +421,7 @@ class RegistryClient:
                 continue
             if resp.status in _REDIRECTS and method in ("GET", "HEAD") and redirects < 5:
                 location = resp.headers.get("Location", "")
-                resp.drain_conn()
-                resp.release_conn()
+                resp.release()
                 if not location:
                     raise RequestFailed(f"{context}: HTTP {resp.status} without a Location")
                 target = urljoin(url, location)
@@ -438,7 +429,7 @@ class RegistryClient:
                 continue
             return resp
 
-    def _fail(self, resp: urllib3.BaseHTTPResponse, context: str) -> RequestFailed:
+    def _fail(self, resp: Response, context: str) -> RequestFailed:
         if resp.status == 403:
             return RequestFailed(
                 f"{context}: denied ({_error_text(resp)})",
@@ -449,7 +440,7 @@ class RegistryClient:
             f"{context}: {_error_text(resp)}", status=resp.status, temporary=resp.status in _TEMPORARY_STATUS
         )
 
-    def _manifest_call(self, method: str, ref: ImageRef, context: str) -> urllib3.BaseHTTPResponse:
+    def _manifest_call(self, method: str, ref: ImageRef, context: str) -> Response:
         return self.request(
             method,
             ref.registry,
@@ -459,9 +450,7 @@ class RegistryClient:
             headers={"Accept": ACCEPT_MANIFESTS},
         )
 
-    def _blob_call(
-        self, method: str, repo: ImageRef, digest: Digest, context: str, stream: bool = False
-    ) -> urllib3.BaseHTTPResponse:
+    def _blob_call(self, method: str, repo: ImageRef, digest: Digest, context: str, stream: bool = False) -> Response:
         return self.request(
             method,
             repo.registry,
@@ -591,9 +580,9 @@ class RegistryClient:
         plat = Platform.from_oci({k: str(doc.get(k, "")) for k in ("os", "architecture", "variant") if doc.get(k)})
         return {str(plat): manifest.digest}
 
-    def referrers(self, repo: ImageRef, digest: Digest) -> list[Descriptor]:
-        """What refers to ``digest``: the OCI referrers API when offered, else the
-        ``sha256-<hex>`` tag schema; [] when there are none."""
+    def referrers(self, repo: ImageRef, digest: Digest, *, fallback: bool = True) -> list[Descriptor]:
+        """What refers to ``digest``: the OCI referrers API when offered, else (with
+        ``fallback``) the ``sha256-<hex>`` tag schema; [] when there are none."""
         context = f'listing referrers of "{repo.name}@{digest}"'
         if repo.registry not in self._no_referrers_api:
             resp = self.request(
@@ -613,10 +602,12 @@ class RegistryClient:
                 raise self._fail(resp, context)
             with self._lock:
                 self._no_referrers_api.add(repo.registry)
-        fallback = repo.with_tag(f"{digest.algorithm}-{digest.hex}")
-        if self.head_manifest(fallback) is None:
+        if not fallback:
             return []
-        manifest = self.get_manifest(fallback)
+        tag = repo.with_tag(f"{digest.algorithm}-{digest.hex}")
+        if self.head_manifest(tag) is None:
+            return []
+        manifest = self.get_manifest(tag)
         return manifest.descriptors() if manifest.is_index else []
 
     def referrers_api(self, repo: ImageRef) -> bool:
@@ -629,8 +620,8 @@ class RegistryClient:
         with self._probe_lock(f"referrers {repo.registry}"):
             with self._lock:
                 known = repo.registry in self._referrers_api or repo.registry in self._no_referrers_api
-            if not known:
-                self.referrers(repo, Digest.of(b""))
+            if not known:  # ask the API about a digest nothing refers to
+                self.referrers(repo, Digest.of(b""), fallback=False)
         with self._lock:
             return repo.registry in self._referrers_api
 
@@ -658,7 +649,7 @@ class RegistryClient:
             )
         return data
 
-    def open_blob(self, repo: ImageRef, digest: Digest) -> urllib3.BaseHTTPResponse:
+    def open_blob(self, repo: ImageRef, digest: Digest) -> Response:
         """A streaming response for the blob (``copy_blob`` reads and verifies it)."""
         context = f'fetching blob {digest.short()} from "{repo.name}"'
         resp = self._blob_call("GET", repo, digest, context, stream=True)
@@ -666,6 +657,11 @@ class RegistryClient:
             resp.read()
             raise self._fail(resp, context)
         return resp
+
+    def honours_mounts(self, registry: str) -> bool:
+        """Whether ``registry`` has mounted a blob for this client (``start_upload`` with ``mount``)."""
+        with self._lock:
+            return registry in self._mounts_honoured
 
     def start_upload(
         self, repo: ImageRef, *, mount: Digest | None = None, mount_from: ImageRef | None = None
@@ -682,6 +678,8 @@ class RegistryClient:
             "POST", repo.registry, target, scope=scope, context=context, headers={"Content-Length": "0"}, body=b""
         )
         if mount is not None and resp.status == 201:
+            with self._lock:
+                self._mounts_honoured.add(repo.registry)
             return None
         if resp.status != 202:
             raise self._fail(resp, context)
@@ -736,14 +734,14 @@ class RegistryClient:
             resp = self.open_blob(src, desc.digest)
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != desc.size:
-                resp.release_conn()
+                resp.close()
                 raise DigestMismatch(
                     f'blob {desc.digest} from "{src.name}": the registry has {length} bytes for it, '
                     f"the manifest says {desc.size}",
                     expected=desc.digest,
                     actual="",
                 )
-            return _body_chunks(resp), resp.release_conn
+            return resp.chunks(), resp.release
 
         return self.upload_stream(
             dst, desc, opener, origin=f'"{src.name}"', location=location, progress=progress, attempts=attempts
@@ -789,25 +787,6 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
 
-def _body_chunks(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """The response body in chunks of up to ``CHUNK`` bytes, read straight into two
-    alternating buffers (no copies): a chunk is valid until the next-but-one is read,
-    which is how ``_verified`` and the upload consume them."""
-    fp = getattr(resp, "_fp", None)
-    if fp is None or not hasattr(fp, "readinto"):
-        yield from resp.stream(CHUNK, decode_content=False)
-        return
-    buffers = (bytearray(CHUNK), bytearray(CHUNK))
-    views = (memoryview(buffers[0]), memoryview(buffers[1]))
-    i = 0
-    while True:
-        n = fp.readinto(buffers[i])
-        if not n:
-            return
-        yield views[i][:n]  # type: ignore[misc]  # a memoryview is bytes-like for hashing and sending
-        i ^= 1
-
-
 def _verified(
     chunks: Iterable[bytes],
     desc: Descriptor,
@@ -817,10 +796,6 @@ def _verified(
 ) -> Iterator[bytes]:
     """``chunks``, with the last one held back until the digest and size check,
     so a wrong blob is never committed by the target."""
-    from http.client import HTTPException
-
-    from urllib3 import exceptions as ue
-
     h = hashlib.new(desc.digest.algorithm)
     held: bytes | None = None
     total = 0
@@ -838,7 +813,7 @@ def _verified(
                 if progress:
                     progress(len(held))
             held = chunk
-    except (ue.HTTPError, HTTPException, OSError) as e:  # a reset, a timeout, a short body
+    except (TransportError, OSError) as e:  # a reset, a timeout, a short body
         raise RequestFailed(
             f"reading blob {desc.digest.short()} from {origin}: {e.__class__.__name__}", temporary=True
         ) from None
