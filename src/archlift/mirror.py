@@ -16,6 +16,8 @@ bounded thread pool, verified while streaming, never held whole in memory.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import threading
@@ -340,6 +342,14 @@ class _BlobState:
     done: set[str] = field(default_factory=set)  # target repositories that have it
 
 
+SMALL_BLOB = 1 << 20
+
+
+def _order(desc: Descriptor) -> tuple[bool, int]:
+    """Small blobs first, then the biggest first."""
+    return (desc.size >= SMALL_BLOB, -desc.size if desc.size >= SMALL_BLOB else desc.size)
+
+
 def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
     """Add ``manifest``, everything below it first, to ``tree``."""
     if manifest.digest in seen:
@@ -437,7 +447,8 @@ class _Mirror:
         self._total = 0
         self._crash: BaseException | None = None
         self._stop = threading.Event()
-        self._discoveries = 0
+        self._waiting: list[tuple[tuple[bool, int], int, _BlobState]] = []  # a heap, by _order
+        self._seq = itertools.count()
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
@@ -449,7 +460,12 @@ class _Mirror:
         def fetch(d: Digest) -> Manifest:
             return self.source.manifest(image, d)
 
-        if not self.plan.platforms and c.head_manifest(dst.with_digest(image.source.digest)) is not None:
+        # Without a platform filter the index keeps its digest: tags that point at it prove it is there.
+        tagged_at = {} if self.plan.platforms else {t: c.head_manifest(dst.with_tag(t)) for t in image.tags}
+        tags_prove_it = bool(tagged_at) and all(d and d.digest == image.source.digest for d in tagged_at.values())
+        if not self.plan.platforms and (
+            tags_prove_it or c.head_manifest(dst.with_digest(image.source.digest)) is not None
+        ):
             subjects = {image.source.digest, *image.manifests}
             if not image.manifests:  # not known from the lock: ask
                 w.index = fetch(image.source.digest)
@@ -458,7 +474,8 @@ class _Mirror:
         else:
             source_index = fetch(image.source.digest)
             w.index, w.dropped = filter_platforms(source_index, self.plan.platforms)
-            if c.head_manifest(dst.with_digest(w.index.digest)) is None:
+            unchanged = not self.plan.platforms  # its HEAD above said it is missing
+            if unchanged or c.head_manifest(dst.with_digest(w.index.digest)) is None:
                 seen: set[Digest] = set()
                 if w.index is not source_index:
                     for d in w.index.descriptors():
@@ -483,7 +500,7 @@ class _Mirror:
                 collect(fetch, fetch(digest), tree, set())
                 w.extras.append((tag, tree))
         for tag in image.tags:
-            have = c.head_manifest(dst.with_tag(tag))
+            have = tagged_at[tag] if tag in tagged_at else c.head_manifest(dst.with_tag(tag))
             if have is None or have.digest != index_digest:
                 w.tags_to_move.append(tag)
         if w.tags_to_move and w.index is None:
@@ -494,7 +511,9 @@ class _Mirror:
     def blob(self, st: _BlobState, users: list[Work]) -> None:
         """One blob into every target repository that needs it: a HEAD in each (what is
         there is skipped), then one upload, or none when some repository of the target
-        registry has it already, and a cross-repository mount into the others."""
+        registry has it already, and a cross-repository mount into the others. (Into a
+        registry seen to honour mounts, a blob for one repository asks with a mount
+        from that repository instead of the HEAD.)"""
         c, desc = self.client, st.desc
         by_repo: dict[str, list[Work]] = {}
         for w in users:
@@ -515,11 +534,17 @@ class _Mirror:
                 other.fail(message)
 
         missing: list[list[Work]] = []
+        self_mount = False
         for repo, works in by_repo.items():
             if repo in st.done:  # an earlier image with the same target repository brought it
                 settle(works, skipped=1)
             elif st.home is not None:  # known elsewhere in the target: a mount will do
                 missing.append(works)
+            elif len(by_repo) == 1 and c.honours_mounts(works[0].plan.target.registry):
+                # One request for both: a mount from the repository itself answers 201 when
+                # the blob is there, else opens the upload session the blob is sent to.
+                missing.append(works)
+                self_mount = True
             else:
                 try:
                     if c.blob_exists(works[0].plan.target, desc.digest):
@@ -532,13 +557,13 @@ class _Mirror:
         for works in missing:
             w = works[0]
             dst = w.plan.target
-            home = st.home or origin
+            home = st.home or origin or (dst if self_mount else None)
             try:
                 location: str | None = None
                 if home is not None:
                     location = c.start_upload(dst, mount=desc.digest, mount_from=home)
                     if location is None:
-                        settle(works, mounted=1)
+                        settle(works, **({"skipped": 1} if home == dst else {"mounted": 1}))
                         st.home = st.home or dst
                         continue
                 n = self.source.send(w.plan, dst, desc, location, self.progress)
@@ -554,6 +579,8 @@ class _Mirror:
         c, dst = self.client, w.plan.target
         try:
             for m in w.tree.manifests:
+                if w.tags_to_move and m is w.index:  # its first tag push below brings it
+                    continue
                 c.put_manifest(dst.with_digest(m.digest), m.raw, m.media_type)
                 w.manifests_pushed += 1
             for tag, tree in w.extras:
@@ -562,18 +589,22 @@ class _Mirror:
                     c.put_manifest(dst.with_tag(tag) if top and tag else dst.with_digest(m.digest), m.raw, m.media_type)
                     w.manifests_pushed += 1
             # only now, with everything of the image present, move its tags
-            for tag in w.tags_to_move:
+            for n, tag in enumerate(w.tags_to_move):
                 assert w.index is not None
                 c.put_manifest(dst.with_tag(tag), w.index.raw, w.index.media_type)
+                if n == 0 and w.index in w.tree.manifests:
+                    w.manifests_pushed += 1
         except RegistryError as e:
             w.fail(e.message)
 
     # --- the pipeline ----------------------------------------------------
     # Manifests (discovery, then pushes) run on a pool of their own; blobs on the
-    # ``jobs`` pool once every image is discovered (only then is it known which
-    # blobs images share). One task per digest serves every image that needs the
-    # blob, so each is sent once; an image's manifests and tags go as soon as its
-    # last blob is there, while other images' blobs are still copying.
+    # ``jobs`` pool as soon as an image is discovered. One task per digest serves
+    # every image that needs the blob (images discovered later join it, or mount
+    # from where it went), so each is sent once. Waiting blobs go small first (an
+    # image's configs and attestations are quick and let its manifests go early),
+    # then biggest first (the copy ends evenly). An image's manifests and tags go
+    # as soon as its last blob is there, while other images' blobs still copy.
     def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
         def guarded() -> None:
             if self._stop.is_set():  # interrupted: start nothing new
@@ -596,25 +627,27 @@ class _Mirror:
         except RegistryError as e:
             w.fail(e.message)
         blobs = {} if w.error else w.all_blobs()
-        start: list[_BlobState] = []
+        started = 0
         with self._cond:
             w.remaining = len(blobs)
             self._total += sum(d.size for d in blobs.values())
             for digest, desc in blobs.items():
-                self._states.setdefault(digest, _BlobState(desc)).pending.append(w)
-            self._discoveries += 1
-            if self._discoveries == len(self.plan.images):
-                # Every image is known: which blobs they share, so each goes once. Biggest first.
-                start = sorted(self._states.values(), key=lambda st: -st.desc.size)
-                for st in start:
+                st = self._states.setdefault(digest, _BlobState(desc))
+                st.pending.append(w)
+                if not st.running:
                     st.running = True
+                    heapq.heappush(self._waiting, (_order(desc), next(self._seq), st))
+                    started += 1
         self.progress.start(self._total)
         if not blobs:
             self._spawn(self._meta_pool, self._pushed, w)
-        for st in start:
-            self._spawn(self._blob_pool, self._blob_task, st)
+        for _ in range(started):
+            self._spawn(self._blob_pool, self._blob_task)
 
-    def _blob_task(self, st: _BlobState) -> None:
+    def _blob_task(self) -> None:
+        """Serve the first waiting blob, and the images that join it while it runs."""
+        with self._cond:
+            st = heapq.heappop(self._waiting)[2]
         while True:
             with self._cond:
                 batch, st.pending = st.pending, []
