@@ -34,6 +34,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -122,6 +123,26 @@ def timed(fn: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(children: bool) -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(fn: Callable[[], object], src: LocalRegistry, dst: LocalRegistry, children: bool) -> tuple[float, ...]:
+    """Seconds, and the CPU seconds of the copying tool, the source registry and the target registry."""
+    assert src.pid and dst.pid
+    before = (own_cpu(children), process_cpu(src.pid), process_cpu(dst.pid))
+    seconds = timed(fn)
+    after = (own_cpu(children), process_cpu(src.pid), process_cpu(dst.pid))
+    return (seconds, *(a - b for a, b in zip(after, before, strict=True)))
+
+
 ENV = dict(os.environ)
 
 
@@ -169,10 +190,12 @@ def peers(lock: ReleaseLock, src: LocalRegistry, dst: LocalRegistry) -> dict[str
     }
 
 
-def ceiling(reg: LocalRegistry, blobs: dict[Digest, bytes], jobs: int, src: LocalRegistry | None = None) -> float:
+def ceiling(
+    reg: LocalRegistry, blobs: dict[Digest, bytes], jobs: int, src: LocalRegistry | None = None
+) -> Callable[[], None]:
     """Plain parallel monolithic uploads (POST, then PUT ?digest=) of the unique blobs with
     ``jobs`` threads, no checks of any kind: the bodies come from memory, or, with ``src``,
-    are streamed straight from a GET there (a plain copy)."""
+    are streamed straight from a GET there (a plain copy). Returns the work, to be timed."""
     import urllib3
 
     pool = urllib3.PoolManager(maxsize=2 * jobs, retries=False)
@@ -203,7 +226,7 @@ def ceiling(reg: LocalRegistry, blobs: dict[Digest, bytes], jobs: int, src: Loca
         with ThreadPoolExecutor(jobs) as ex:
             list(ex.map(up, sorted(blobs.items(), key=lambda kv: -len(kv[1]))))
 
-    return timed(all_up)
+    return all_up
 
 
 def uploaded_bytes(reg: LocalRegistry, sizes: dict[Digest, int]) -> int:
@@ -262,7 +285,7 @@ def main() -> int:
         tools = ["archlift"] + [
             t for t in ("skopeo", "oras", "imagetools", "ceiling", "copy ceiling") if t not in args.skip
         ]
-        times: dict[str, list[float]] = {}
+        runs: dict[str, list[tuple[float, ...]]] = {}  # tool -> (seconds, CPU s: tool, source, target) per run
         sent: dict[str, int] = {}
         preserved: dict[str, bool] = {}
         for _round in range(args.rounds):
@@ -286,64 +309,82 @@ def main() -> int:
                             "--report",
                             str(report),
                         ]
-                        times.setdefault(tool, []).append(timed(functools.partial(run, argv)))
-                        times.setdefault("archlift again", []).append(timed(functools.partial(run, argv)))
-                    elif tool == "ceiling":
-                        times.setdefault(tool, []).append(ceiling(dst, blobs, args.jobs))
-                    elif tool == "copy ceiling":
-                        times.setdefault(tool, []).append(ceiling(dst, blobs, args.jobs, src))
+                        runs.setdefault(tool, []).append(measured(functools.partial(run, argv), src, dst, True))
+                        again = measured(functools.partial(run, argv), src, dst, True)
+                        runs.setdefault("archlift again", []).append(again)
+                    elif tool in ("ceiling", "copy ceiling"):
+                        work_fn = ceiling(dst, blobs, args.jobs, src if tool == "copy ceiling" else None)
+                        runs.setdefault(tool, []).append(measured(work_fn, src, dst, False))
                     else:
                         cmds = peers(lock, src, dst)[tool]
                         try:
-                            times.setdefault(tool, []).append(timed(functools.partial(parallel, cmds, args.at_once)))
+                            copy = measured(functools.partial(parallel, cmds, args.at_once), src, dst, True)
                         except subprocess.CalledProcessError as e:
                             print(f"{tool} failed: {e.stderr.decode(errors='replace')[-400:]}")
                             tools.remove(tool)
                             continue
-                        times.setdefault(f"{tool} again", []).append(
-                            timed(functools.partial(parallel, cmds, args.at_once))
-                        )
+                        runs.setdefault(tool, []).append(copy)
+                        again = measured(functools.partial(parallel, cmds, args.at_once), src, dst, True)
+                        runs.setdefault(f"{tool} again", []).append(again)
                     sent[tool] = uploaded_bytes(dst, sizes)
                     if "ceiling" not in tool:
                         preserved[tool] = digests_preserved(client, lock, dst)
                 finally:
                     dst.stop()
-        best = {k: min(v) for k, v in times.items()}
-        print(f"\n{'tool':<20}{'best s':>8}{'MB/s':>8}{'MB sent':>9}  digests  (all runs, s)")
-        for name in sorted(best, key=lambda k: (k.replace(" again", ""), k)):
-            copy = not name.endswith(" again")
-            rate = f"{mb / best[name]:8.1f}" if copy else f"{'-':>8}"
-            sent_mb = f"{sent[name] / 1e6:9.0f}" if copy and name in sent else f"{'-':>9}"
-            kept = {True: "same", False: "CHANGED"}.get(preserved.get(name, True) if copy else True, "")
-            kept = kept if copy and "ceiling" not in name else ""
-            runs = ", ".join(f"{t:.2f}" for t in times[name])
-            print(f"{name:<20}{best[name]:8.2f}{rate}{sent_mb}  {kept:<7}  ({runs})")
-        a = best["archlift"]
-        print(
-            f"\narchlift uploaded {sent['archlift'] / 1e6:.1f} MB for {mb:.1f} MB of unique blobs "
-            f"({'equal' if sent['archlift'] == unique else 'NOT equal'})"
-        )
-        peer_best = {k: best[k] for k in ("skopeo", "oras", "imagetools") if k in best}
-        if peer_best:
-            fastest = min(peer_best, key=lambda k: peer_best[k])
-            print(
-                f"full mirror: archlift is {peer_best[fastest] / a:.2f}x as fast as the fastest peer ({fastest}) "
-                "(goal >= 1.4)"
-            )
-            again = min(peer_best, key=lambda k: best[f"{k} again"])  # the fastest peer at this, whichever
-            ours, theirs = best["archlift again"], best[f"{again} again"]
-            print(
-                f"re-mirror of an up-to-date target: archlift {ours:.2f} s, fastest peer ({again}) {theirs:.2f} s "
-                f"({theirs / ours:.2f}x; goal >= 1)"
-            )
-        if "ceiling" in best:
-            print(f"archlift reaches {best['ceiling'] / a:.2f} of the plain upload ceiling (from memory)")
-        if "copy ceiling" in best:
-            print(f"archlift reaches {best['copy ceiling'] / a:.2f} of the plain copy ceiling (GET -> PUT, no checks)")
+        report_runs(runs, sent, preserved, unique)
         return 0
     finally:
         src.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report_runs(
+    runs: dict[str, list[tuple[float, ...]]], sent: dict[str, int], preserved: dict[str, bool], unique: int
+) -> None:
+    mb = unique / 1e6
+    times = {k: [r[0] for r in v] for k, v in runs.items()}
+    bestrun = {k: min(v) for k, v in runs.items()}  # by seconds
+    best = {k: r[0] for k, r in bestrun.items()}
+    print(f"\n{'tool':<16}{'best s':>7}{'MB/s':>7}{'MB sent':>8}  digests  CPU s: tool/source/target  (all runs, s)")
+    for name in sorted(best, key=lambda k: (k.replace(" again", ""), k)):
+        copy = not name.endswith(" again")
+        rate = f"{mb / best[name]:7.1f}" if copy else f"{'-':>7}"
+        sent_mb = f"{sent[name] / 1e6:8.0f}" if copy and name in sent else f"{'-':>8}"
+        kept = {True: "same", False: "CHANGED"}.get(preserved.get(name, True) if copy else True, "")
+        kept = kept if copy and "ceiling" not in name else ""
+        cpu = "/".join(f"{c:.2f}" for c in bestrun[name][1:])
+        all_runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:<16}{best[name]:7.2f}{rate}{sent_mb}  {kept:<7}  {cpu:<24}  ({all_runs})")
+    a = best["archlift"]
+    print(
+        f"\narchlift uploaded {sent['archlift'] / 1e6:.1f} MB for {mb:.1f} MB of unique blobs "
+        f"({'equal' if sent['archlift'] == unique else 'NOT equal'})"
+    )
+    peer_best = {k: best[k] for k in ("skopeo", "oras", "imagetools") if k in best}
+    if peer_best:
+        fastest = min(peer_best, key=lambda k: peer_best[k])
+        print(
+            f"full mirror: archlift is {peer_best[fastest] / a:.2f}x as fast as the fastest peer ({fastest}) "
+            "(goal >= 1.4)"
+        )
+        again = min(peer_best, key=lambda k: best[f"{k} again"])  # the fastest peer at this, whichever
+        ours, theirs = best["archlift again"], best[f"{again} again"]
+        print(
+            f"re-mirror of an up-to-date target: archlift {ours:.2f} s, fastest peer ({again}) {theirs:.2f} s "
+            f"({theirs / ours:.2f}x; goal >= 1)"
+        )
+    if "ceiling" in best:
+        print(f"archlift reaches {best['ceiling'] / a:.2f} of the plain upload ceiling (from memory; goal >= 0.8)")
+    if "copy ceiling" in best:
+        print(f"archlift reaches {best['copy ceiling'] / a:.2f} of the plain copy ceiling (GET -> PUT, no checks)")
+    if "ceiling" in bestrun:
+        tool_cpu, _, target_cpu = bestrun["archlift"][1:]
+        print(
+            f"CPU: the target registry spends {bestrun['ceiling'][3]:.2f} s just to take the plain uploads "
+            f"({target_cpu:.2f} s for archlift's copy, {target_cpu - bestrun['ceiling'][3]:+.2f} s for its HEADs, "
+            f"mounts and manifests); the source registry {bestrun['archlift'][2]:.2f} s to serve them; "
+            f"archlift {tool_cpu:.2f} s (start-up, sha256 of every byte, sockets) on {os.cpu_count()} cores"
+        )
 
 
 if __name__ == "__main__":

@@ -157,6 +157,11 @@ class LocalRegistry:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (the benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def ref(self, repository: str, tag: str | None = None) -> ImageRef:
         return ImageRef.parse(f"{self.host}/{repository}" + (f":{tag}" if tag else ""))
 
