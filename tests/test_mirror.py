@@ -355,3 +355,29 @@ def test_mirror_within_one_registry_mounts_everything(source: LocalRegistry, no_
     assert result.bytes_sent == 0 and source.blob_uploads() == before
     assert sum(i.blobs_mounted for i in result.images) == sum(i.blobs for i in result.images)
     assert_same(client, images, source, "copy")
+
+
+def test_registry_seen_to_mount_is_asked_with_a_mount_instead_of_a_head(
+    source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    client = RegistryClient()
+    images = make_release(client, source, n=3)
+    present = sorted(images["c2"].blobs - images["c0"].blobs - images["c1"].blobs)[0]
+    client.put_blob(target.ref("rel/c2"), client.get_blob(images["c2"].ref, present))  # as a killed run left it
+    # once the client has seen the target mount a blob ...
+    client.put_blob(target.ref("proof/a"), b"proof")
+    assert (
+        client.start_upload(target.ref("proof/b"), mount=Digest.of(b"proof"), mount_from=target.ref("proof/a")) is None
+    )
+    assert client.honours_mounts(target.host)
+    before = len(target.access_log())
+    result = mirror(plan_mirror(release_lock(images), Target.parse(target.host)), client)
+    check(result)
+    log = target.access_log()[before:]
+    # ... a blob that one repository needs costs one request: a mount from that repository itself
+    assert not [e for e in log if e.method == "HEAD" and present.hex in e.path]
+    asked = [e for e in log if e.method == "POST" and present.hex in e.path]
+    assert [e.status for e in asked] == [201]
+    assert not any(present.hex in e.path for e in log if e.method == "PUT")  # never sent again
+    assert next(i for i in result.images if i.name == "c2").blobs_skipped >= 1
+    assert_same(client, images, target)

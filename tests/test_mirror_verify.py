@@ -12,9 +12,10 @@ from mirror_conftest_helpers import PushedImage, make_release, release_lock, run
 
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
-from archlift.mirror import Target, check, mirror, plan_mirror, verify_target
+from archlift.mirror import Target, check, mirror, plan_mirror
 from archlift.refs import ImageRef
 from archlift.registry import RegistryClient
+from archlift.verify import verify_target
 
 no_docker_config = h.no_docker_config
 source = h.source  # a registry holding the release, per module

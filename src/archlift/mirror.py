@@ -16,8 +16,6 @@ bounded thread pool, verified while streaming, never held whole in memory.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import threading
@@ -31,7 +29,7 @@ from typing import Any, Protocol
 from .errors import ConfigError, MirrorError, RegistryError
 from .lock import ComponentRelease, ReleaseLock
 from .refs import Digest, ImageRef, Platform, RefError
-from .registry import Descriptor, DigestMismatch, Manifest, RegistryClient, RequestFailed, cosign_tag_of
+from .registry import Descriptor, DigestMismatch, Manifest, RegistryClient, cosign_tag_of
 from .registry.model import ATTESTATION_FOR
 
 log = logging.getLogger("archlift.mirror")
@@ -337,7 +335,6 @@ class _BlobState:
 
     desc: Descriptor
     pending: list[Work] = field(default_factory=list)  # images waiting for it (guarded by the mirror's lock)
-    running: bool = False
     home: ImageRef | None = None  # a target repository that has it: mount from there
     done: set[str] = field(default_factory=set)  # target repositories that have it
 
@@ -447,8 +444,7 @@ class _Mirror:
         self._total = 0
         self._crash: BaseException | None = None
         self._stop = threading.Event()
-        self._waiting: list[tuple[tuple[bool, int], int, _BlobState]] = []  # a heap, by _order
-        self._seq = itertools.count()
+        self._discoveries = 0
 
     # --- discovery (per image) ---------------------------------------
     def discover(self, w: Work) -> None:
@@ -599,12 +595,13 @@ class _Mirror:
 
     # --- the pipeline ----------------------------------------------------
     # Manifests (discovery, then pushes) run on a pool of their own; blobs on the
-    # ``jobs`` pool as soon as an image is discovered. One task per digest serves
-    # every image that needs the blob (images discovered later join it, or mount
-    # from where it went), so each is sent once. Waiting blobs go small first (an
-    # image's configs and attestations are quick and let its manifests go early),
-    # then biggest first (the copy ends evenly). An image's manifests and tags go
-    # as soon as its last blob is there, while other images' blobs still copy.
+    # ``jobs`` pool once every image is discovered (only then is it known which
+    # blobs images share, and which target repositories may have one already).
+    # One task per digest serves every image that needs the blob, so each is sent
+    # once. Blobs go small first (an image's configs and attestations are quick
+    # and let its manifests go early), then biggest first (the copy ends evenly).
+    # An image's manifests and tags go as soon as its last blob is there, while
+    # other images' blobs are still copying.
     def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
         def guarded() -> None:
             if self._stop.is_set():  # interrupted: start nothing new
@@ -627,40 +624,30 @@ class _Mirror:
         except RegistryError as e:
             w.fail(e.message)
         blobs = {} if w.error else w.all_blobs()
-        started = 0
+        start: list[_BlobState] = []
         with self._cond:
             w.remaining = len(blobs)
             self._total += sum(d.size for d in blobs.values())
             for digest, desc in blobs.items():
-                st = self._states.setdefault(digest, _BlobState(desc))
-                st.pending.append(w)
-                if not st.running:
-                    st.running = True
-                    heapq.heappush(self._waiting, (_order(desc), next(self._seq), st))
-                    started += 1
+                self._states.setdefault(digest, _BlobState(desc)).pending.append(w)
+            self._discoveries += 1
+            if self._discoveries == len(self.plan.images):
+                start = sorted(self._states.values(), key=lambda st: _order(st.desc))
         self.progress.start(self._total)
         if not blobs:
             self._spawn(self._meta_pool, self._pushed, w)
-        for _ in range(started):
-            self._spawn(self._blob_pool, self._blob_task)
+        for st in start:
+            self._spawn(self._blob_pool, self._blob_task, st)
 
-    def _blob_task(self) -> None:
-        """Serve the first waiting blob, and the images that join it while it runs."""
-        with self._cond:
-            st = heapq.heappop(self._waiting)[2]
-        while True:
+    def _blob_task(self, st: _BlobState) -> None:
+        batch, st.pending = st.pending, []
+        self.blob(st, batch)
+        for w in batch:
             with self._cond:
-                batch, st.pending = st.pending, []
-                if not batch:
-                    st.running = False
-                    return
-            self.blob(st, batch)
-            for w in batch:
-                with self._cond:
-                    w.remaining -= 1
-                    last = w.remaining == 0
-                if last:
-                    self._spawn(self._meta_pool, self._pushed, w)
+                w.remaining -= 1
+                last = w.remaining == 0
+            if last:
+                self._spawn(self._meta_pool, self._pushed, w)
 
     def _pushed(self, w: Work) -> None:
         self.push(w)
@@ -746,134 +733,3 @@ def check(result: MirrorResult) -> None:
             "their tags were not moved:\n" + "\n".join(f"  {i.name}: {i.error}" for i in failed),
             hint="run the same command again: what is already there is skipped",
         )
-
-
-# ---------------------------------------------------------------------- verify
-@dataclass(frozen=True)
-class ImageCheck:
-    name: str
-    target: str
-    problems: tuple[str, ...]
-    checked: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "target": self.target,
-            "ok": not self.problems,
-            "problems": list(self.problems),
-            **self.checked,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    target: str
-    images: tuple[ImageCheck, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not any(i.problems for i in self.images)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "ok": self.ok,
-            "notes": list(self.notes),
-            "images": [i.to_json() for i in self.images],
-        }
-
-    def summary(self) -> str:
-        lines = [f"{self.target}: {'matches the release' if self.ok else 'does NOT match the release'}"]
-        for i in self.images:
-            lines.append(f"  {i.name}: {i.target} " + ("ok" if not i.problems else "MISMATCH"))
-            lines += [f"    - {p}" for p in i.problems]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def _verify_image(
-    client: RegistryClient, image: ImagePlan, comp: ComponentRelease, deep: bool, notes: list[str]
-) -> ImageCheck:
-    c, dst = client, image.target
-    assert image.source.digest is not None
-    problems: list[str] = []
-    checked: dict[str, Any] = {"index": str(comp.index_digest), "platforms": {}, "tags": {}, "referrers": {}}
-    if c.head_manifest(dst.with_digest(comp.index_digest)) is None:
-        problems.append(f"index {comp.index_digest} is missing")
-        return ImageCheck(image.name, str(dst.with_digest(comp.index_digest)), tuple(problems), checked)
-    index = c.get_manifest(dst.with_digest(comp.index_digest))
-    found = c.index_platforms(dst.with_digest(comp.index_digest)) if comp.platforms else {}
-    for platform, digest in sorted(comp.platforms.items()):
-        have = found.get(platform)
-        checked["platforms"][platform] = str(have) if have else None
-        if have != digest:
-            problems.append(f"platform {platform}: expected {digest}, found {have or 'nothing'}")
-        elif c.head_manifest(dst.with_digest(digest)) is None:
-            problems.append(f"platform {platform}: manifest {digest} is missing")
-    for manifest, attestation in sorted(comp.attestations.items()):
-        if c.head_manifest(dst.with_digest(attestation)) is None:
-            problems.append(f"attestation {attestation} (for {manifest}) is missing")
-    for tag in comp.tags:
-        have_desc = c.head_manifest(dst.with_tag(tag))
-        checked["tags"][tag] = str(have_desc.digest) if have_desc else None
-        if have_desc is None or have_desc.digest != comp.index_digest:
-            problems.append(
-                f"tag {tag}: expected {comp.index_digest}, found {have_desc.digest if have_desc else 'nothing'}"
-            )
-    if deep:
-        tree = Tree()
-        collect(lambda d: c.get_manifest(dst.with_digest(d)), index, tree, set())
-        missing = [d for d in sorted(tree.blobs) if not c.blob_exists(dst, d)]
-        checked["blobs"] = {"total": len(tree.blobs), "missing": [str(d) for d in missing]}
-        problems += [f"blob {d} is missing" for d in missing]
-    subjects = {comp.index_digest} | {d.digest for d in index.descriptors()}
-    try:
-        referrers, tagged = RegistrySource(client).linked(image, subjects)
-    except RequestFailed as e:
-        if e.status:  # the source answered: a real error
-            raise
-        notes.append(f"{image.name}: referrers and signature tags not compared ({image.source.registry} unreachable)")
-        return ImageCheck(image.name, str(dst.with_digest(comp.index_digest)), tuple(problems), checked)
-    for digest in referrers:
-        ok = c.head_manifest(dst.with_digest(digest)) is not None
-        checked["referrers"][str(digest)] = ok
-        if not ok:
-            problems.append(f"referrer {digest} is missing")
-    for tag, digest in tagged:
-        have_desc = c.head_manifest(dst.with_tag(tag))
-        checked["referrers"][tag] = str(have_desc.digest) if have_desc else None
-        if have_desc is None or have_desc.digest != digest:
-            problems.append(f"tag {tag}: expected {digest}, found {have_desc.digest if have_desc else 'nothing'}")
-    return ImageCheck(image.name, str(dst.with_digest(comp.index_digest)), tuple(problems), checked)
-
-
-def verify_target(
-    lock: ReleaseLock,
-    target: Target,
-    client: RegistryClient,
-    *,
-    deep: bool = False,
-    jobs: int = 8,
-    artifacts: Sequence[Artifact] = (),
-) -> VerifyReport:
-    """Compare ``target`` with the release (and ``artifacts``): index, platforms, attestations,
-    tags, referrers and signature tags (compared with the source registry when it can be reached)."""
-    plan = plan_mirror(lock, target, onto_itself=True, artifacts=artifacts)
-    releases = dict(lock.components)
-    for art in artifacts:
-        assert art.ref.digest is not None and art.ref.tag is not None
-        releases[art.name] = ComponentRelease(art.name, "artifact", art.ref.name, art.ref.digest, {}, (art.ref.tag,))
-    notes: list[str] = []
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [
-            pool.submit(_verify_image, client, image, releases[image.name], deep, notes) for image in plan.images
-        ]
-        checks = []
-        for image, f in zip(plan.images, futures, strict=True):
-            try:
-                checks.append(f.result())
-            except RegistryError as e:
-                checks.append(ImageCheck(image.name, image.target.name, (e.message,), {}))
-    return VerifyReport(str(target), tuple(checks), tuple(sorted(notes)))

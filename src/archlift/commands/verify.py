@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import VerifyError
     from ..lock import ReleaseLock
-    from ..mirror import Target, verify_target
+    from ..mirror import Target
+    from ..verify import verify_target
 
     target = Target.parse(args.registry, option="--registry")
     lock = ReleaseLock.read(args.lock)

@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,8 @@ def _load_config(path: Path) -> dict[str, Any]:
 
 
 def _helper(name: str, host: str) -> Credentials:
+    import subprocess  # here: most runs never call a helper
+
     program = f"docker-credential-{name}"
     try:
         proc = subprocess.run([program, "get"], input=host, capture_output=True, text=True, timeout=30)
