@@ -8,10 +8,13 @@ tags and cosign ``sha256-<hex>.sig/.att/.sbom`` tags otherwise), then the
 lock's tags, moved only once everything of that image is on the target.
 
 How it stays fast: an image whose index is already on the target costs only
-manifest HEADs; each blob is HEADed once per target repository, sent once
-even when many images share it, and mounted (``?mount=&from=``) into the
+manifest HEADs (its tags, when they point at it, prove it); each blob is
+HEADed once per target repository (or, once the target has mounted a blob,
+asked with a mount from that repository itself: one request either way), sent
+once even when many images share it, and mounted (``?mount=&from=``) into the
 other repositories of the target registry; blobs stream GET -> PUT through a
 bounded thread pool, verified while streaming, never held whole in memory.
+Verification of a target against the release is ``archlift.verify``.
 """
 
 from __future__ import annotations
