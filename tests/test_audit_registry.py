@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from archlift.errors import ArchliftError
 from archlift.localenv import LocalRegistry
 from archlift.proc import run
 from archlift.refs import Digest, ImageRef
@@ -24,22 +25,32 @@ AMD64_SOURCE = "https://example.com/audit/amd64-only"
 ATTESTED_SOURCE = "https://example.com/audit/attested"
 
 
-def _buildx(tmp: Path, base: ImageRef, ref: ImageRef, platforms: str, *extra: str) -> ImageRef:
+def registry_errors(registry: LocalRegistry) -> str:
+    lines = registry.log_path.read_text(errors="replace").splitlines()
+    return "\n".join(line[:400] for line in lines if "level=error" in line or "panic" in line)[-4000:]
+
+
+def _buildx(registry: LocalRegistry, tmp: Path, base: ImageRef, ref: ImageRef, platforms: str, *extra: str) -> ImageRef:
     """Build FROM the seeded base (no RUN: nothing is emulated) and push; ``ref`` pinned to the pushed digest."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "Dockerfile").write_text(
         "ARG BASE\nFROM ${BASE}\nARG SOURCE=\nLABEL org.opencontainers.image.source=${SOURCE}\n"
     )
     metadata = tmp / "metadata.json"
-    run(
-        [
-            "docker", "buildx", "build", "--platform", platforms, "--build-arg", f"BASE={base}",
-            "--output", f"type=image,name={ref},push=true,oci-mediatypes=true",
-            "--metadata-file", str(metadata), *extra, str(tmp),
-        ],
-        context=f"building {ref}",
-        timeout=600,
-    )  # fmt: skip
+    argv = [
+        "docker", "buildx", "build", "--platform", platforms, "--build-arg", f"BASE={base}",
+        "--output", f"type=image,name={ref},push=true,oci-mediatypes=true",
+        "--metadata-file", str(metadata), *extra, str(tmp),
+    ]  # fmt: skip
+    try:
+        run(argv, context=f"building {ref}", timeout=600)
+    except ArchliftError as e:
+        # Seen once in many runs: the registry answered a HEAD of the tag with 500 during the push.
+        # Show the registry's own error lines, then push once more.
+        if "500 Internal Server Error" not in str(e):
+            raise
+        print(f"buildx push of {ref} got HTTP 500; the registry logged:\n{registry_errors(registry)}")
+        run(argv, context=f"building {ref} (again)", timeout=600)
     run(["docker", "image", "rm", str(ref)], check=False)
     return ref.with_digest(Digest.parse(json.loads(metadata.read_text())["containerimage.digest"]))
 
@@ -50,11 +61,11 @@ def images(
 ) -> dict[str, ImageRef]:
     tmp = tmp_path_factory.mktemp("audit-images")
     amd64 = _buildx(
-        tmp / "amd64", seeded_base, registry.ref("audit/amd64-only", "1"), "linux/amd64",
+        registry, tmp / "amd64", seeded_base, registry.ref("audit/amd64-only", "1"), "linux/amd64",
         "--provenance=false", "--sbom=false", "--build-arg", f"SOURCE={AMD64_SOURCE}",
     )  # fmt: skip
     attested = _buildx(
-        tmp / "attested", seeded_base, registry.ref("audit/attested", "1"), "linux/amd64,linux/arm64",
+        registry, tmp / "attested", seeded_base, registry.ref("audit/attested", "1"), "linux/amd64,linux/arm64",
         "--provenance=mode=min", "--sbom=false", "--annotation", f"index:{SOURCE}={ATTESTED_SOURCE}",
     )  # fmt: skip
     return {"amd64": amd64, "two": seeded_base, "attested": attested}
