@@ -377,6 +377,11 @@ def report_runs(
         print(f"archlift reaches {best['ceiling'] / a:.2f} of the plain upload ceiling (from memory; goal >= 0.8)")
     if "copy ceiling" in best:
         print(f"archlift reaches {best['copy ceiling'] / a:.2f} of the plain copy ceiling (GET -> PUT, no checks)")
+        if "ceiling" in best:
+            print(
+                f"the plain copy itself (no HEAD, no mount, no manifest, no sha256) reaches "
+                f"{best['ceiling'] / best['copy ceiling']:.2f} of the plain upload ceiling"
+            )
     if "ceiling" in bestrun:
         tool_cpu, _, target_cpu = bestrun["archlift"][1:]
         print(
