@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -156,8 +157,6 @@ def test_stale_kept_connection_is_replaced(transport: Transport) -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     server = serve(ok, keep=False)  # answers with keep-alive, then closes the connection anyway
     assert transport.send("GET", f"{server.url}/a", {}).data == b"ok"
-    import time
-
     time.sleep(0.1)  # the close reaches us while the connection is idle in the pool
     assert transport.send("GET", f"{server.url}/a", {}).data == b"ok"
     assert server.connections == 2

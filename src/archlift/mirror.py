@@ -576,9 +576,10 @@ class _Mirror:
         if w.error:
             return
         c, dst = self.client, w.plan.target
+        index_with_tag = bool(w.tags_to_move) and any(m is w.index for m in w.tree.manifests)
         try:
             for m in w.tree.manifests:
-                if w.tags_to_move and m is w.index:  # its first tag push below brings it
+                if index_with_tag and m is w.index:  # its first tag push below brings it
                     continue
                 c.put_manifest(dst.with_digest(m.digest), m.raw, m.media_type)
                 w.manifests_pushed += 1
@@ -591,7 +592,7 @@ class _Mirror:
             for n, tag in enumerate(w.tags_to_move):
                 assert w.index is not None
                 c.put_manifest(dst.with_tag(tag), w.index.raw, w.index.media_type)
-                if n == 0 and w.index in w.tree.manifests:
+                if n == 0 and index_with_tag:
                     w.manifests_pushed += 1
         except RegistryError as e:
             w.fail(e.message)

@@ -1,13 +1,13 @@
-"""The OCI distribution client (over ``http.client``, see ``.transport``): one ``RegistryClient`` serves every
-registry host and may be shared by worker threads.
+"""The OCI distribution client (over its own HTTP/1.1 transport, ``.transport``): one
+``RegistryClient`` serves every registry host and may be shared by worker threads.
 
 Transport rules:
 - HTTPS first. Plain HTTP only for loopback hosts (127.0.0.0/8, ``localhost``,
   ``[::1]``) or with ``insecure=True``, and only when the host does not speak
   TLS; the scheme is remembered per host. A loopback host with no CA in
   ``/etc/docker/certs.d`` is asked ``GET /v2/`` in plain HTTP first (without
-  credentials): a TLS server's refusal of it sends the client to HTTPS. A loopback host whose certificate does
-  not verify is an error (give ``ca_file``), not a silent downgrade; with
+  credentials): a TLS server's refusal of it sends the client to HTTPS. A
+  loopback host whose certificate does not verify is an error (give ``ca_file``), not a silent downgrade; with
   ``insecure=True`` certificates are not verified (docker's insecure registries).
 - CA: ``ca_file`` for every host, or ``/etc/docker/certs.d/<host>/ca.crt`` (and
   ``client.cert``/``client.key``) when that exists.
@@ -133,8 +133,7 @@ class RegistryClient:
         self.docker_config = docker_config
         self.retries = retries
         self.backoff = backoff
-        self.max_connections = max_connections  # kept for callers; the pool keeps what the threads use
-        self._transport = Transport(timeout=timeout, connect_timeout=min(15.0, timeout))
+        self._transport = Transport(timeout=timeout, connect_timeout=min(15.0, timeout), max_idle=max_connections)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._scheme: dict[str, str] = {}
@@ -355,10 +354,8 @@ class RegistryClient:
     def _probe_plain(self, host: str, context: str) -> None:
         """``GET /v2/`` in plain HTTP, no credentials: any HTTP answer but a TLS server's
         complaint about plain HTTP means the host speaks it; else it is left to HTTPS."""
-        with self._lock:
-            self.requests += 1
         try:
-            resp = self._transport.send("GET", f"http://{host}/v2/", {})
+            resp = self._raw_send("GET", f"http://{host}/v2/", {}, None, False)
             tls_port = resp.status == 400 and b"https" in resp.data.lower()
         except ConnectFailed as e:
             raise RequestFailed(f"{context}: cannot connect to {host}: {e}") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 DRAIN_LIMIT = 1 << 16  # an unread rest up to this size is read to keep the connection; more closes it
-MAX_IDLE = 16  # idle connections kept per host
 MAX_LINE = 1 << 16  # a status or header line
 MAX_HEADERS = 200
 SMALL_BODY = 1 << 16  # sent in one write with the request head
@@ -92,9 +92,6 @@ class Headers:
     def get(self, name: str, default: str) -> str: ...
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._by_name.get(name.lower(), default)
-
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._by_name
 
 
 class Connection:
@@ -252,9 +249,10 @@ class Response:
 class Transport:
     """Keep-alive connections per host; safe for use by many threads at once."""
 
-    def __init__(self, *, timeout: float = 60.0, connect_timeout: float = 15.0) -> None:
+    def __init__(self, *, timeout: float = 60.0, connect_timeout: float = 15.0, max_idle: int = 16) -> None:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.max_idle = max_idle  # idle connections kept per host
         self._lock = threading.Lock()
         self._idle: dict[_Key, list[Connection]] = {}
         self._contexts: dict[TLS, ssl.SSLContext] = {}
@@ -263,7 +261,7 @@ class Transport:
     def put(self, key: _Key, conn: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
-            if len(idle) < MAX_IDLE:
+            if len(idle) < self.max_idle:
                 idle.append(conn)
                 return
         conn.close()
@@ -401,9 +399,7 @@ def _content_length(headers: Headers) -> int | None:
 
 
 def _is_tls_error(e: OSError) -> bool:
-    import sys
-
-    ssl = sys.modules.get("ssl")
+    ssl = sys.modules.get("ssl")  # not imported: no TLS was ever set up, so it is no TLS error
     return ssl is not None and isinstance(e, ssl.SSLError)
 
 
