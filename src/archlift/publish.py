@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import oras.provider
-import urllib3
 
-from .errors import ConfigError, PublishError
+from .errors import ConfigError, PublishError, RegistryError
 from .lock import write_atomic
 from .refs import Digest, ImageRef, is_tag
 from .registry import auth
-from .registry.client import is_loopback
+from .registry.client import RegistryClient, is_loopback
 from .render import dump_document
 
 log = logging.getLogger("archlift.publish")
@@ -48,7 +47,6 @@ FLUX_CONFIG = "application/vnd.cncf.flux.config.v1+json"
 FLUX_CONTENT = "application/vnd.cncf.flux.content.v1.tar+gzip"
 ARTIFACT_TYPE = "application/vnd.archlift.manifests.v1"
 TITLE = "org.opencontainers.image.title"
-CERTS_D = Path("/etc/docker/certs.d")
 _RETRIES = 4
 _TEMPORARY = (429, 500, 502, 503, 504)
 _CREDENTIALS_HINT = "check the credentials (docker login, or ARCHLIFT_REGISTRY_USERNAME/PASSWORD)"
@@ -206,35 +204,15 @@ class Endpoint:
 
 
 def probe(host: str, *, insecure: bool = False, ca_file: str | None = None) -> Endpoint:
-    """How to talk to ``host``: HTTPS, or plain HTTP when allowed (``insecure`` or loopback) and
-    HTTPS does not answer; and which authentication ``/v2/`` asks for."""
-    ca = ca_file or (str(CERTS_D / host / "ca.crt") if (CERTS_D / host / "ca.crt").is_file() else None)
-    verify: bool | str = False if insecure else (ca or True)
-    schemes = ("https", "http") if insecure or is_loopback(host) else ("https",)
-    errors = []
-    for scheme in schemes:
-        kwargs: dict[str, Any] = {}
-        if scheme == "https":
-            kwargs = {"cert_reqs": "CERT_NONE"} if verify is False else {"cert_reqs": "CERT_REQUIRED"}
-            if isinstance(verify, str):
-                kwargs["ca_certs"] = verify
-        pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10, read=30), **kwargs)
+    """How to talk to ``host`` (the registry client's choice of scheme and CA: HTTPS, or plain
+    HTTP only for loopback or ``insecure``), and which authentication ``/v2/`` asks for."""
+    with RegistryClient(insecure=insecure, ca_file=ca_file, retries=2) as client:
         try:
-            resp = pool.request("GET", f"{scheme}://{host}/v2/", redirect=False)
-        except urllib3.exceptions.HTTPError as e:
-            if "CERTIFICATE_VERIFY_FAILED" in str(e):  # TLS is there, but not trusted: no falling back to HTTP
-                raise PublishError(
-                    f"{host} answers HTTPS with a certificate this machine does not trust",
-                    hint=f"pass --ca-file, or put the CA in {CERTS_D / host / 'ca.crt'} (or --insecure)",
-                ) from None
-            errors.append(f"{scheme}: {e}")
-            continue
-        finally:
-            pool.clear()
-        challenge = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower() if resp.status == 401 else ""
-        return Endpoint(host, scheme, verify if scheme == "https" else False, challenge)
-    hint = "check the host and port" + ("" if len(schemes) > 1 else "; add --insecure if it speaks plain HTTP")
-    raise PublishError(f"cannot reach the registry {host}: " + "; ".join(errors), hint=hint)
+            challenge = client.ping(host)
+        except RegistryError as e:
+            raise PublishError(e.message, hint=e.hint) from None
+        scheme = client.scheme(host)
+        return Endpoint(host, scheme, client.tls_verify(host) if scheme == "https" else False, challenge)
 
 
 def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> bool:

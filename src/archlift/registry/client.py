@@ -328,23 +328,25 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: Any = None,
         stream: bool = False,
+        anonymous: bool = False,
     ) -> Response:
         """One API request: scheme choice, auth, retries and redirects done here.
 
         ``target`` is a path (``/v2/...``) on ``host`` or an absolute URL (an
         upload location). Returns the response for any status that is not
-        temporary; callers decide what a 404 means.
+        temporary; callers decide what a 404 means. ``anonymous``: no credentials
+        are sent, and a 401 is returned as it is.
         """
         with self._lock:
             known = host in self._scheme
         if known or target.startswith(("http://", "https://")):
-            return self._request(method, host, target, scope, context, headers, body, stream)
+            return self._request(method, host, target, scope, context, headers, body, stream, anonymous)
         with self._probe_lock(f"scheme {host}"):  # the first request finds the scheme; the others wait for it
             with self._lock:
                 known = host in self._scheme
             if not known and self._plain_first(host):
                 self._probe_plain(host, context)
-            return self._request(method, host, target, scope, context, headers, body, stream)
+            return self._request(method, host, target, scope, context, headers, body, stream, anonymous)
 
     def _plain_first(self, host: str) -> bool:
         """Ask a loopback host in plain HTTP first (no certificate is configured for it): a
@@ -376,6 +378,7 @@ class RegistryClient:
         headers: dict[str, str] | None,
         body: Any,
         stream: bool,
+        anonymous: bool,
     ) -> Response:
         auth_tried = False
         redirects = 0
@@ -383,7 +386,7 @@ class RegistryClient:
             url = target if target.startswith(("http://", "https://")) else f"{self.scheme(host)}://{host}{target}"
             url_host = urlsplit(url).netloc
             hdrs = dict(headers or {})
-            if url_host == host:
+            if url_host == host and not anonymous:
                 authz = self._auth_header(host, scope, context)
                 if authz:
                     hdrs["Authorization"] = authz
@@ -408,7 +411,7 @@ class RegistryClient:
             if url.startswith("https://"):
                 with self._lock:
                     self._scheme.setdefault(url_host, "https")
-            if resp.status == 401 and url_host == host:
+            if resp.status == 401 and url_host == host and not anonymous:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
                 self._authenticate(host, scope, header, context, auth_tried)
@@ -425,6 +428,21 @@ class RegistryClient:
                 redirects += 1
                 continue
             return resp
+
+    def ping(self, host: str) -> str:
+        """``GET /v2/`` with no credentials: settles the scheme ``host`` speaks (``scheme``)
+        and returns the authentication it asks for: "basic", "bearer", or "" for none."""
+        resp = self.request("GET", host, "/v2/", scope="", context=f"reaching {host}", anonymous=True)
+        if resp.status == 401:
+            return resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower()
+        if resp.status != 200:
+            raise self._fail(resp, f"reaching {host}")
+        return ""
+
+    def tls_verify(self, host: str) -> bool | str:
+        """How a requests-based client should check ``host``'s certificate: False
+        (``--insecure``), a CA bundle's path, or True (the system's CAs)."""
+        return False if self.insecure else (self._tls(host).ca_file or True)
 
     def _fail(self, resp: Response, context: str) -> RequestFailed:
         if resp.status == 403:
