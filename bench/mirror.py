@@ -12,12 +12,18 @@ own fresh registry on loopback:
 - skopeo:      ``skopeo copy --all --preserve-digests``, 4 images at a time;
 - oras:        ``oras cp -r``, 4 at a time;
 - imagetools:  ``docker buildx imagetools create --tag``, 4 at a time;
-- ceiling:     plain parallel monolithic uploads (POST + PUT) of the same unique
-               blobs, already in memory, with ``--jobs`` threads: what the target
-               registry can take at best;
-- copy ceiling: the same uploads with each body streamed from a GET on the
-               source: a plain parallel copy of the unique blobs, no HEAD, no
-               mount, no verification (what any mirror tool must at least do).
+- upload ceiling: plain parallel monolithic uploads (POST + PUT) of every
+               image's blobs as they are, into each image's repository (the
+               shared layers again for every image: the bytes the peers send),
+               already in memory, with ``--jobs`` threads, no HEAD, no mount,
+               no check: the issue's ceiling (it calibrates it at ~220 MB/s
+               against oras's ~147 MB/s on this machine kind);
+- unique ceiling: the same, for the unique blobs only, each once: what the
+               target registry can take at best for the bytes a mirror must
+               send (a stricter bar than the issue's);
+- copy ceiling: the unique uploads with each body streamed from a GET on the
+               source: a plain parallel copy, no HEAD, no mount, no
+               verification (what any mirror tool must at least do).
 
 Each tool then runs again into its now up-to-date target (the re-mirror
 cost). archlift runs from compiled bytecode, as installed (see
@@ -52,6 +58,7 @@ from archlift.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 ARCHES = ("amd64", "arm64")
+CEILINGS = ("upload ceiling", "unique ceiling", "copy ceiling")
 
 
 def _desc(media_type: str, data: bytes) -> dict[str, object]:
@@ -191,11 +198,16 @@ def peers(lock: ReleaseLock, src: LocalRegistry, dst: LocalRegistry) -> dict[str
 
 
 def ceiling(
-    reg: LocalRegistry, blobs: dict[Digest, bytes], jobs: int, src: LocalRegistry | None = None
+    reg: LocalRegistry,
+    uploads: list[tuple[str, Digest]],
+    blobs: dict[Digest, bytes],
+    jobs: int,
+    src: LocalRegistry | None = None,
 ) -> Callable[[], None]:
-    """Plain parallel monolithic uploads (POST, then PUT ?digest=) of the unique blobs with
-    ``jobs`` threads, no checks of any kind: the bodies come from memory, or, with ``src``,
-    are streamed straight from a GET there (a plain copy). Returns the work, to be timed."""
+    """Plain parallel monolithic uploads (POST, then PUT ?digest=) of ``uploads`` (repository,
+    blob), in that order, with ``jobs`` threads, no checks of any kind: the bodies come from
+    memory, or, with ``src``, are streamed straight from a GET there (a plain copy).
+    Returns the work, to be timed."""
     import urllib3
 
     pool = urllib3.PoolManager(maxsize=2 * jobs, retries=False)
@@ -207,9 +219,10 @@ def ceiling(
                     "/v2/", 1
                 )[1].split("/blobs/", 1)[0]
 
-    def up(item: tuple[Digest, bytes]) -> None:
-        d, data = item
-        r = pool.request("POST", f"{reg.url}/v2/ceiling/blobs/uploads/", body=b"")
+    def up(item: tuple[str, Digest]) -> None:
+        repository, d = item
+        data = blobs[d]
+        r = pool.request("POST", f"{reg.url}/v2/{repository}/blobs/uploads/", body=b"")
         loc = r.headers["Location"]
         loc = loc if loc.startswith("http") else reg.url + loc
         sep = "&" if "?" in loc else "?"
@@ -224,9 +237,26 @@ def ceiling(
 
     def all_up() -> None:
         with ThreadPoolExecutor(jobs) as ex:
-            list(ex.map(up, sorted(blobs.items(), key=lambda kv: -len(kv[1]))))
+            list(ex.map(up, uploads))
 
     return all_up
+
+
+def corpus_blobs(client: RegistryClient, lock: ReleaseLock) -> tuple[dict[Digest, bytes], list[tuple[str, Digest]]]:
+    """Every unique blob's bytes, and every image's blobs as (repository, digest), image by image."""
+    blobs: dict[Digest, bytes] = {}
+    per_image: list[tuple[str, Digest]] = []
+    for c in lock.components.values():
+        repo = ImageRef.parse(c.repository)
+        mine: set[Digest] = set()
+        for dsc in client.get_manifest(repo.with_digest(c.index_digest)).descriptors():
+            for b in client.get_manifest(repo.with_digest(dsc.digest)).descriptors():
+                if b.digest not in blobs:
+                    blobs[b.digest] = client.get_blob(repo, b.digest)
+                if b.digest not in mine:
+                    mine.add(b.digest)
+                    per_image.append((repo.repository, b.digest))
+    return blobs, per_image
 
 
 def uploaded_bytes(reg: LocalRegistry, sizes: dict[Digest, int]) -> int:
@@ -255,9 +285,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=4, help="archlift --jobs, and the ceiling's threads")
     ap.add_argument("--at-once", type=int, default=4, help="peer copies run at once")
     ap.add_argument("--rounds", type=int, default=3, help="runs per tool (interleaved); the best counts")
-    ap.add_argument(
-        "--skip", action="append", default=[], choices=["skopeo", "oras", "imagetools", "ceiling", "copy ceiling"]
-    )
+    ap.add_argument("--skip", action="append", default=[], choices=["skopeo", "oras", "imagetools", *CEILINGS])
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="archlift-bench-"))
     src = LocalRegistry(log_level="error").start()
@@ -274,17 +302,10 @@ def main() -> int:
         lock_path = work / "release.json"
         lock.write(lock_path)
         bytecode_cache(work / "pycache")
-        blobs: dict[Digest, bytes] = {}
-        if "ceiling" not in args.skip or "copy ceiling" not in args.skip:
-            for c in lock.components.values():
-                repo = ImageRef.parse(c.repository)
-                for dsc in client.get_manifest(repo.with_digest(c.index_digest)).descriptors():
-                    for b in client.get_manifest(repo.with_digest(dsc.digest)).descriptors():
-                        if b.digest not in blobs:
-                            blobs[b.digest] = client.get_blob(repo, b.digest)
-        tools = ["archlift"] + [
-            t for t in ("skopeo", "oras", "imagetools", "ceiling", "copy ceiling") if t not in args.skip
-        ]
+        blobs, per_image = corpus_blobs(client, lock) if set(CEILINGS) - set(args.skip) else ({}, [])
+        unique_uploads = [("ceiling", d) for d in sorted(blobs, key=lambda d: -len(blobs[d]))]
+        uploads = {"upload ceiling": per_image, "unique ceiling": unique_uploads, "copy ceiling": unique_uploads}
+        tools = ["archlift"] + [t for t in ("skopeo", "oras", "imagetools", *CEILINGS) if t not in args.skip]
         runs: dict[str, list[tuple[float, ...]]] = {}  # tool -> (seconds, CPU s: tool, source, target) per run
         sent: dict[str, int] = {}
         preserved: dict[str, bool] = {}
@@ -312,8 +333,9 @@ def main() -> int:
                         runs.setdefault(tool, []).append(measured(functools.partial(run, argv), src, dst, True))
                         again = measured(functools.partial(run, argv), src, dst, True)
                         runs.setdefault("archlift again", []).append(again)
-                    elif tool in ("ceiling", "copy ceiling"):
-                        work_fn = ceiling(dst, blobs, args.jobs, src if tool == "copy ceiling" else None)
+                    elif tool in CEILINGS:
+                        copy_from = src if tool == "copy ceiling" else None
+                        work_fn = ceiling(dst, uploads[tool], blobs, args.jobs, copy_from)
                         runs.setdefault(tool, []).append(measured(work_fn, src, dst, False))
                     else:
                         cmds = peers(lock, src, dst)[tool]
@@ -373,20 +395,29 @@ def report_runs(
             f"re-mirror of an up-to-date target: archlift {ours:.2f} s, fastest peer ({again}) {theirs:.2f} s "
             f"({theirs / ours:.2f}x; goal >= 1)"
         )
-    if "ceiling" in best:
-        print(f"archlift reaches {best['ceiling'] / a:.2f} of the plain upload ceiling (from memory; goal >= 0.8)")
+    if "upload ceiling" in best:
+        print(
+            f"archlift reaches {best['upload ceiling'] / a:.2f} of the plain upload ceiling "
+            f"(every image's blobs as they are: {mb / best['upload ceiling']:.0f} MB/s; goal >= 0.8)"
+        )
+    if "unique ceiling" in best:
+        print(
+            f"archlift reaches {best['unique ceiling'] / a:.2f} of the unique-blob upload ceiling "
+            f"(each unique blob once, no checks: {mb / best['unique ceiling']:.0f} MB/s; stricter; no goal)"
+        )
     if "copy ceiling" in best:
         print(f"archlift reaches {best['copy ceiling'] / a:.2f} of the plain copy ceiling (GET -> PUT, no checks)")
-        if "ceiling" in best:
+        if "unique ceiling" in best:
             print(
                 f"the plain copy itself (no HEAD, no mount, no manifest, no sha256) reaches "
-                f"{best['ceiling'] / best['copy ceiling']:.2f} of the plain upload ceiling"
+                f"{best['unique ceiling'] / best['copy ceiling']:.2f} of the unique-blob upload ceiling"
             )
-    if "ceiling" in bestrun:
+    if "unique ceiling" in bestrun:
         tool_cpu, _, target_cpu = bestrun["archlift"][1:]
+        plain = bestrun["unique ceiling"][3]
         print(
-            f"CPU: the target registry spends {bestrun['ceiling'][3]:.2f} s just to take the plain uploads "
-            f"({target_cpu:.2f} s for archlift's copy, {target_cpu - bestrun['ceiling'][3]:+.2f} s for its HEADs, "
+            f"CPU: the target registry spends {plain:.2f} s just to take the unique blobs "
+            f"({target_cpu:.2f} s for archlift's copy, {target_cpu - plain:+.2f} s for its HEADs, "
             f"mounts and manifests); the source registry {bestrun['archlift'][2]:.2f} s to serve them; "
             f"archlift {tool_cpu:.2f} s (start-up, sha256 of every byte, sockets) on {os.cpu_count()} cores"
         )
