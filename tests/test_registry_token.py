@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import mirror_conftest_helpers as h
@@ -22,8 +23,10 @@ import urllib3
 import yaml
 from mirror_conftest_helpers import assert_same, make_release, release_lock
 
+from archlift.errors import PublishError
 from archlift.localenv import LocalRegistry, free_port
 from archlift.mirror import Target, check, mirror, plan_mirror
+from archlift.publish import parse_target, publish
 from archlift.refs import ImageRef
 from archlift.registry import RegistryClient, RequestFailed, auth
 
@@ -195,3 +198,40 @@ def test_mirror_into_token_registry(logged_in: tuple[str, TokenService]) -> None
         check(result)
         assert sum(i.blobs_mounted for i in result.images) >= 1  # the shared layer, mounted with a 2-scope token
         assert_same(client, images, host, "m")
+
+
+def test_ping_names_the_scheme_and_the_challenge(
+    token_registry: tuple[str, TokenService], registry: LocalRegistry, auth_registry: LocalRegistry
+) -> None:
+    host, _ = token_registry
+    c = RegistryClient(ca_file=str(auth_registry.ca_file))
+    assert (c.ping(host), c.scheme(host)) == ("bearer", "http")
+    assert (c.ping(registry.host), c.scheme(registry.host)) == ("", "http")
+    assert (c.ping(auth_registry.host), c.scheme(auth_registry.host)) == ("basic", "https")
+    assert c.tls_verify(auth_registry.host) == str(auth_registry.ca_file)
+    assert RegistryClient(insecure=True).tls_verify(auth_registry.host) is False
+
+
+def test_publish_into_token_registry(logged_in: tuple[str, TokenService], tmp_path: Path) -> None:
+    host, service = logged_in
+    (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n")
+    pub = publish(tmp_path, parse_target(f"{host}/team/manifests:v1"))
+    assert [a.pushed for a in pub.artifacts] == [True, True]
+    c = RegistryClient()
+    for a in pub.artifacts:
+        assert c.head_manifest(a.ref.with_tag(a.ref.tag or "")) is not None
+        assert c.get_manifest(a.ref).digest == a.ref.digest
+    assert any("repository:team/manifests:pull,push" in s for _, scopes in service.requests for s in scopes)
+
+
+def test_publish_with_refused_token_credentials(
+    token_registry: tuple[str, TokenService], no_docker_config: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host, service = token_registry
+    monkeypatch.setenv(auth.env_name(host), f"{service.username}:not-the-password")
+    (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n")
+    with pytest.raises(
+        PublishError, match=f"the token service 127.0.0.1:.* refused the credentials from {auth.env_name(host)}"
+    ) as e:
+        publish(tmp_path, parse_target(f"{host}/team/manifests:v2"))
+    assert "not-the-password" not in str(e.value) + e.value.hint

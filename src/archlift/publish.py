@@ -201,18 +201,23 @@ class Endpoint:
     scheme: str  # "https" | "http"
     tls_verify: bool | str  # False, True, or a CA bundle
     challenge: str  # "basic" | "bearer" | "" (none asked)
+    token: str = field(default="", repr=False)  # for "bearer": one to pull and push the target
 
 
-def probe(host: str, *, insecure: bool = False, ca_file: str | None = None) -> Endpoint:
-    """How to talk to ``host`` (the registry client's choice of scheme and CA: HTTPS, or plain
-    HTTP only for loopback or ``insecure``), and which authentication ``/v2/`` asks for."""
+def probe(target: ImageRef, *, insecure: bool = False, ca_file: str | None = None) -> Endpoint:
+    """How to talk to the registry of ``target`` (the registry client's choice of scheme and CA:
+    HTTPS, or plain HTTP only for loopback or ``insecure``), which authentication ``/v2/`` asks
+    for, and for a token service, a token to push ``target`` with: oras-py keeps the first token
+    it is given, whatever its scope, so a pull token would fail the push."""
+    host = target.registry
     with RegistryClient(insecure=insecure, ca_file=ca_file, retries=2) as client:
         try:
             challenge = client.ping(host)
+            token = client.token(target, "pull,push") if challenge == "bearer" else ""
         except RegistryError as e:
             raise PublishError(e.message, hint=e.hint) from None
         scheme = client.scheme(host)
-        return Endpoint(host, scheme, client.tls_verify(host) if scheme == "https" else False, challenge)
+        return Endpoint(host, scheme, client.tls_verify(host) if scheme == "https" else False, challenge, token)
 
 
 def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> bool:
@@ -224,8 +229,10 @@ def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> bool:
         tls_verify=endpoint.tls_verify,
         auth_backend="basic" if endpoint.challenge == "basic" else "token",
     )
-    creds = auth.lookup(ref.registry)
-    if creds.username or creds.password:
+    creds = auth.NO_CREDENTIALS if endpoint.token else auth.lookup(ref.registry)
+    if endpoint.token:  # checked already, with the credentials, by the token service
+        client.auth.set_token_auth(endpoint.token)
+    elif creds.username or creds.password:
         client.auth.set_basic_auth(creds.username, creds.password)
     elif endpoint.challenge == "basic":
         raise PublishError(
@@ -336,7 +343,7 @@ def publish(
     """Push both forms of the files under ``directory`` to ``target`` (``TAG`` and ``TAG-flux``)."""
     files = collect_files(directory)
     artifacts = build_artifacts(files)
-    endpoint = None if dry_run else probe(target.registry, insecure=insecure, ca_file=ca_file)
+    endpoint = None if dry_run else probe(target, insecure=insecure, ca_file=ca_file)
     out = []
     tag = target.tag or "latest"
     for artifact in artifacts:

@@ -439,6 +439,17 @@ class RegistryClient:
             raise self._fail(resp, f"reaching {host}")
         return ""
 
+    def token(self, repo: ImageRef, actions: str = "pull") -> str:
+        """A bearer token for ``actions`` on ``repo`` from its registry's token service, to hand
+        to another client; "" when the registry asks for none (basic or no authentication)."""
+        scope = _scope(repo, actions)
+        context = f"authenticating to {repo.registry} for {actions} on {repo.repository}"
+        resp = self.request("GET", repo.registry, "/v2/", scope=scope, context=context)
+        if resp.status != 200:
+            raise self._fail(resp, context)
+        with self._lock:
+            return self._tokens.get((repo.registry, scope), "")
+
     def tls_verify(self, host: str) -> bool | str:
         """How a requests-based client should check ``host``'s certificate: False
         (``--insecure``), a CA bundle's path, or True (the system's CAs)."""
