@@ -52,8 +52,8 @@ from pathlib import Path
 
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
+from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from archlift.refs import Digest, ImageRef
-from archlift.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -163,7 +163,7 @@ def bytecode_cache(directory: Path) -> None:
     lives in ``directory``, not in the source tree; one warm-up run fills it."""
     ENV.pop("PYTHONDONTWRITEBYTECODE", None)
     ENV["PYTHONPYCACHEPREFIX"] = str(directory)
-    run([sys.executable, "-c", "import archlift.cli, archlift.commands.mirror, archlift.mirror, urllib3"])
+    run([sys.executable, "-c", "import archlift.cli, archlift.commands.mirror, archlift.steps.mirror, urllib3"])
 
 
 def parallel(commands: list[list[str]], at_once: int) -> None:

@@ -24,8 +24,8 @@ import pytest
 
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
+from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from archlift.refs import Digest, ImageRef
-from archlift.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"

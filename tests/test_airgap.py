@@ -12,12 +12,12 @@ import mirror_conftest_helpers as h
 import pytest
 from mirror_conftest_helpers import PushedImage, assert_same, make_release, release_lock, run_cli
 
-from archlift.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_bundle
 from archlift.errors import ConfigError
 from archlift.localenv import LocalRegistry
-from archlift.mirror import Target, check
+from archlift.oci import RegistryClient
 from archlift.refs import ImageRef
-from archlift.registry import RegistryClient
+from archlift.steps.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_bundle
+from archlift.steps.mirror import Target, check
 
 no_docker_config = h.no_docker_config
 source = h.source  # a registry holding the release, per module

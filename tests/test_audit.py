@@ -1,4 +1,4 @@
-"""archlift.audit without a registry: finding images, parsing saved real registry JSON
+"""archlift.checks.audit without a registry: finding images, parsing saved real registry JSON
 (tests/fixtures/audit: what buildx pushed for the registry tests), and inspect() over
 an in-memory registry holding those documents."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from archlift.audit import (
+from archlift.checks.audit import (
     ImageReport,
     Target,
     audit,
@@ -29,8 +29,8 @@ from archlift.audit import (
     referrer_kind,
     summary,
 )
+from archlift.config.model import load_config
 from archlift.errors import ArchliftError, ConfigError, RegistryError
-from archlift.model import load_config
 from archlift.refs import Digest, ImageRef, Platform
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"

@@ -15,10 +15,10 @@ import pytest
 
 from archlift.errors import ArchliftError
 from archlift.localenv import LocalRegistry
+from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from archlift.oci.auth import env_name
 from archlift.proc import run
 from archlift.refs import Digest, ImageRef
-from archlift.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
-from archlift.registry.auth import env_name
 
 SOURCE = "org.opencontainers.image.source"
 AMD64_SOURCE = "https://example.com/audit/amd64-only"

@@ -15,8 +15,8 @@ import pytest
 from archlift.cli import main
 from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner, seed_toolchain
 from archlift.lock import ReleaseLock
+from archlift.oci import RegistryClient
 from archlift.refs import ImageRef
-from archlift.registry import RegistryClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "examples" / "demo"
@@ -236,7 +236,7 @@ def test_a_ref_that_does_not_exist_and_a_moved_tag_are_clear_errors(
         extra_commits=[{"NEWS": "v0.3.0 again\n"}],
     )
     upstream = demo_copy / ".upstreams" / "toolbox.git"
-    from archlift.sources import git
+    from archlift.steps.sources import git
 
     git("tag", "-f", "-a", "-m", "moved", "v0.3.0", "HEAD", cwd=upstream)
     status, result = build(config, capsys, "toolbox", "--refresh")

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from archlift.config.model import Config, load_config
 from archlift.lock import ComponentRelease, ReleaseLock, Upstream
-from archlift.model import Config, load_config
 from archlift.refs import Digest, ImageRef
-from archlift.render import UpstreamFile, render
+from archlift.steps.render import UpstreamFile, render
 
 ROOT = Path(__file__).parent.parent
 IMAGES_YAML = ROOT / "images.yaml"

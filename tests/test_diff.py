@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from archlift.checks.diff import diff_locks, diff_manifests, diff_releases, format_text
 from archlift.cli import main
 from archlift.lock import ReleaseLock
-from archlift.manifestdiff import diff_locks, diff_manifests, diff_releases, format_text
-from archlift.render import render
+from archlift.steps.render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "render"

@@ -16,9 +16,9 @@ from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_r
 from archlift.errors import ConfigError, MirrorError
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
-from archlift.mirror import MirrorResult, Target, check, filter_platforms, mirror, plan_mirror
+from archlift.oci import Manifest, RegistryClient
 from archlift.refs import Digest, ImageRef
-from archlift.registry import Manifest, RegistryClient
+from archlift.steps.mirror import MirrorResult, Target, check, filter_platforms, mirror, plan_mirror
 
 no_docker_config = h.no_docker_config
 
@@ -300,7 +300,7 @@ def test_killed_mirror_resumes_sending_only_what_is_missing(
 
 
 def test_result_summary_mentions_failures() -> None:
-    from archlift.mirror import ImageResult
+    from archlift.steps.mirror import ImageResult
 
     r = MirrorResult("t", (ImageResult("a", "s", "t/a@x", Digest("sha256:" + "a" * 64), (), error="boom"),), 1.0)
     assert not r.ok and "FAILED: boom" in r.summary()

@@ -10,12 +10,12 @@ import mirror_conftest_helpers as h
 import pytest
 from mirror_conftest_helpers import PushedImage, make_release, release_lock, run_cli
 
+from archlift.checks.verify import verify_target
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
-from archlift.mirror import Target, check, mirror, plan_mirror
+from archlift.oci import RegistryClient
 from archlift.refs import ImageRef
-from archlift.registry import RegistryClient
-from archlift.verify import verify_target
+from archlift.steps.mirror import Target, check, mirror, plan_mirror
 
 no_docker_config = h.no_docker_config
 source = h.source  # a registry holding the release, per module

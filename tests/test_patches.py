@@ -9,8 +9,8 @@ import pytest
 
 from archlift.cli import main
 from archlift.localenv import make_git_repo
-from archlift.patches import failing_hunk
-from archlift.sources import git
+from archlift.steps.patches import failing_hunk
+from archlift.steps.sources import git
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
 

@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from archlift.checks.diff import diff_releases, format_text
 from archlift.cli import main
 from archlift.errors import ConfigError, PublishError
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock, Upstream
-from archlift.manifestdiff import diff_releases, format_text
+from archlift.oci.auth import env_name
 from archlift.proc import run
-from archlift.publish import (
+from archlift.refs import Digest, ImageRef
+from archlift.steps.publish import (
     CONFIG_SYNC,
     FLUX,
     FLUX_CONFIG,
@@ -37,9 +39,7 @@ from archlift.publish import (
     publish,
     tar_bytes,
 )
-from archlift.refs import Digest, ImageRef
-from archlift.registry.auth import env_name
-from archlift.render import render
+from archlift.steps.render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TEMPLATES = ROOT / "examples" / "demo" / "manifests"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from archlift.errors import RegistryError as RegistryError_
+from archlift.oci import Descriptor, RegistryClient, RequestFailed
 from archlift.refs import Digest, ImageRef
-from archlift.registry import Descriptor, RegistryClient, RequestFailed
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 

@@ -10,9 +10,9 @@ import pytest
 from mirror_conftest_helpers import blob, push_image
 
 from archlift.localenv import LocalRegistry
+from archlift.oci import OCI_MANIFEST, DigestMismatch, RegistryClient, RequestFailed
+from archlift.oci.client import chunks_of
 from archlift.refs import Digest
-from archlift.registry import OCI_MANIFEST, DigestMismatch, RegistryClient, RequestFailed
-from archlift.registry.client import chunks_of
 
 # fixtures shared with the mirror and airgap tests
 plain_registry = h.plain_registry
@@ -56,7 +56,7 @@ def test_copy_blob_streams_between_registries(
     d = c.put_blob(src, data)
     dst = second_registry.ref("copy/dst")
     seen: list[int] = []
-    from archlift.registry import Descriptor
+    from archlift.oci import Descriptor
 
     sent = c.copy_blob(src, dst, Descriptor("application/octet-stream", d, len(data)), progress=seen.append)
     assert sent == len(data) == sum(seen)
@@ -76,7 +76,7 @@ def test_corrupted_source_blob_is_never_committed(
     d = c.put_blob(src, data)
     stored = plain_registry.storage_dir / "docker/registry/v2/blobs/sha256" / d.hex[:2] / d.hex / "data"
     stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    from archlift.registry import Descriptor
+    from archlift.oci import Descriptor
 
     dst = second_registry.ref("corrupt/dst")
     with pytest.raises(DigestMismatch, match=f"blob {d}"):

@@ -25,10 +25,10 @@ from mirror_conftest_helpers import assert_same, make_release, release_lock
 
 from archlift.errors import PublishError
 from archlift.localenv import LocalRegistry, free_port
-from archlift.mirror import Target, check, mirror, plan_mirror
-from archlift.publish import parse_target, publish
+from archlift.oci import RegistryClient, RequestFailed, auth
 from archlift.refs import ImageRef
-from archlift.registry import RegistryClient, RequestFailed, auth
+from archlift.steps.mirror import Target, check, mirror, plan_mirror
+from archlift.steps.publish import parse_target, publish
 
 no_docker_config = h.no_docker_config
 SERVICE = "archlift-test-registry"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from archlift.registry.transport import Broken, ConnectFailed, Transport, Unsendable
+from archlift.oci.transport import Broken, ConnectFailed, Transport, Unsendable
 
 Script = Callable[[socket.socket, bytes], bool]  # (connection, request head) -> keep the connection open
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from archlift.errors import RegistryError
+from archlift.oci import Descriptor, Manifest, auth, cosign_tag_of, is_loopback
+from archlift.oci.client import _retry_after
 from archlift.refs import Digest, Platform
-from archlift.registry import Descriptor, Manifest, auth, cosign_tag_of, is_loopback
-from archlift.registry.client import _retry_after
 
 
 def test_parse_bearer_challenge() -> None:

@@ -12,7 +12,7 @@ import yaml
 from archlift.cli import main
 from archlift.errors import ConfigError
 from archlift.lock import ReleaseLock
-from archlift.render import UpstreamFile, render
+from archlift.steps.render import UpstreamFile, render
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "render"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from archlift.checks.report import load_inputs, render, write
 from archlift.errors import ConfigError
 from archlift.lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream
 from archlift.refs import Digest
-from archlift.report import load_inputs, render, write
 
 
 def d(n: int) -> Digest:

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from archlift.engine import BuildJob, bake_target
-from archlift.inputs import Inputs
+from archlift.checks.reproducible import build_definition, compare_layer_blobs, compare_layouts, verify_component
+from archlift.config.model import load_config
 from archlift.localenv import LocalRegistry, make_git_repo, seed_sbom_scanner
-from archlift.mirror import ImagePlan, MirrorPlan, Target, check, mirror
-from archlift.model import load_config
-from archlift.ocilayout import Layout
-from archlift.patches import PatchedTree
+from archlift.oci import RegistryClient
+from archlift.oci.layout import Layout
 from archlift.refs import Digest, ImageRef
-from archlift.registry import RegistryClient
-from archlift.reproducible import build_definition, compare_layer_blobs, compare_layouts, verify_component
-from archlift.sources import ResolvedSource
+from archlift.steps.engine import BuildJob, bake_target
+from archlift.steps.inputs import Inputs
+from archlift.steps.mirror import ImagePlan, MirrorPlan, Target, check, mirror
+from archlift.steps.patches import PatchedTree
+from archlift.steps.sources import ResolvedSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -265,7 +265,7 @@ def test_a_build_that_records_the_clock_is_named(
 
 
 def test_a_result_that_differs_from_the_release_is_not_ok() -> None:
-    from archlift.reproducible import Comparison, Result
+    from archlift.checks.reproducible import Comparison, Result
 
     a, b = Digest.of(b"a"), Digest.of(b"b")
     same = Comparison(a, a, {"linux/amd64": (b, b)})
@@ -284,10 +284,10 @@ def test_the_release_build_with_epoch_and_rewritten_timestamps_is_rebuilt_exactl
     """The release build sets SOURCE_DATE_EPOCH (the commit time) and rewrite-timestamp=true itself
     (``reproducible: true``, the default), so a rebuild from empty caches gives the released platform
     manifests (provenance, SBOM and the registry cache on in the release build; they do not touch the images)."""
-    from archlift.build import execute
     from archlift.lock import ReleaseLock
     from archlift.plan import make_plan
-    from archlift.sources import resolve
+    from archlift.steps.build import execute
+    from archlift.steps.sources import resolve
 
     seed_sbom_scanner(registry.host)
     config = load_config(demo, registry=f"{registry.host}/reproduced")

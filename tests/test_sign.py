@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from archlift.checks.sign import Cosign, sign_release, signature_tag, verify_release
 from archlift.errors import UsageError, VerifyError
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
-from archlift.mirror import ImagePlan, MirrorPlan, Target, check, mirror, plan_mirror
+from archlift.oci import RegistryClient, auth
 from archlift.proc import run
 from archlift.refs import ImageRef
-from archlift.registry import RegistryClient, auth
-from archlift.sign import Cosign, sign_release, signature_tag, verify_release
+from archlift.steps.mirror import ImagePlan, MirrorPlan, Target, check, mirror, plan_mirror
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 

@@ -14,7 +14,7 @@ import pytest
 
 from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner, seed_toolchain
 from archlift.lock import ReleaseLock
-from archlift.registry import Manifest, RegistryClient
+from archlift.oci import Manifest, RegistryClient
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
 

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from archlift.cli import main
+from archlift.config.model import load_config
 from archlift.localenv import make_git_repo
 from archlift.lock import ComponentRelease, ReleaseLock, Upstream
-from archlift.model import load_config
 from archlift.refs import Digest
-from archlift.trees import source_tree
+from archlift.steps.trees import source_tree
 
 DEPLOY = """\
 apiVersion: apps/v1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -15,39 +14,42 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import ArchliftError
 
-# Command modules, in the order --help lists them.
-COMMANDS = (
-    "validate",
-    "plan",
-    "build",
-    "merge",
-    "patches",
-    "render",
-    "publish",
-    "diff",
-    "mirror",
-    "airgap",
-    "verify",
-    "audit",
-    "sign",
-    "release",
-    "demo",
-)
+# The command table: each command and the module (archlift.commands.<module>) that
+# registers it, in the order --help lists them.
+COMMANDS: dict[str, str] = {
+    "validate": "validate",
+    "plan": "plan",
+    "build": "build",
+    "merge": "merge",
+    "patches": "patches",
+    "render": "render",
+    "publish": "publish",
+    "diff": "diff",
+    "mirror": "mirror",
+    "export": "export",
+    "import": "import_",  # `import` is a Python keyword
+    "verify": "verify",
+    "audit": "audit",
+    "sign": "sign",
+    "report": "report",
+    "verify-reproducible": "verify_reproducible",
+    "demo": "demo",
+}
 
 
 def _chosen(argv: Sequence[str]) -> list[str]:
     """The command modules to import: only the one named on the command line when there is
-    one (start-up stays fast: no jinja2, oras or schema packages for a build), else all."""
+    one (start-up stays fast: no jinja2 or schema packages for a build), else all."""
     for arg in argv:
         if arg.startswith("-"):
             if arg in ("-h", "--help", "--version"):
-                return list(COMMANDS)
+                return list(COMMANDS.values())
             continue
-        return [arg] if arg in COMMANDS and importlib.util.find_spec(f"archlift.commands.{arg}") else list(COMMANDS)
-    return list(COMMANDS)
+        return [COMMANDS[arg]] if arg in COMMANDS else list(COMMANDS.values())
+    return list(COMMANDS.values())
 
 
-def _parser(names: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+def _parser(modules: Sequence[str] = tuple(COMMANDS.values())) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archlift",
         description="Build, pin, publish and mirror multi-arch container images from patched upstreams.",
@@ -55,14 +57,8 @@ def _parser(names: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"archlift {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every external command run")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in names:
-        try:
-            module = importlib.import_module(f"archlift.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"archlift.commands.{name}":
-                continue  # not written yet
-            raise
-        module.register(sub)
+    for name in modules:
+        importlib.import_module(f"archlift.commands.{name}").register(sub)
     return parser
 
 

@@ -452,8 +452,8 @@ def _build_and_push(
     """Build to an OCI layout (timestamps rewritten to the epoch: the same digests on every host), push it
     by digest with archlift's own client, then tag it. buildx's own push is not used: the registry can
     answer its HEAD of the tag with a passing 500 when several pushes share blobs."""
-    from .ocilayout import Layout, push_tree
-    from .registry import RegistryClient
+    from .oci import RegistryClient
+    from .oci.layout import Layout, push_tree
 
     (context / "Dockerfile").write_text(dockerfile)
     build_args = [f"--build-arg={k}={v}" for k, v in sorted((args or {}).items())]

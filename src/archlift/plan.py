@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import Component, Config
+from .config.model import Component, Config
 from .refs import ImageRef, Platform
 
 

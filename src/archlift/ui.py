@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .build import Reporter
+from .steps.build import Reporter
 
 
 def interactive() -> bool:

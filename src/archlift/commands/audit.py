@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..audit import audit, collect, format_table, summary
+from ..checks.audit import audit, collect, format_table, summary
 from ..errors import UsageError
 from ..refs import Platform, RefError
 from .common import add_json_arg, print_json
@@ -53,7 +53,7 @@ def parse_platforms(values: list[str]) -> list[Platform]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..registry import RegistryClient
+    from ..oci import RegistryClient
 
     targets = collect(args.targets, parse_platforms(args.platform))
     if not targets:

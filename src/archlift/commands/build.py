@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config.model import load_config
 from ..errors import BuildError
-from ..model import load_config
 from ..plan import make_plan
 from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
 
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import execute
+    from ..steps.build import execute
     from ..ui import reporter
 
     if args.jobs is not None and args.jobs < 1:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(config, args.components)
     by_digest = None
     if args.platform:
-        from ..build import only_platform
+        from ..steps.build import only_platform
 
         plan = only_platform(plan, args.platform)
         by_digest = args.platform
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _json(result: object, lock: Path) -> dict[str, object]:
-    from ..build import RunResult
+    from ..steps.build import RunResult
 
     assert isinstance(result, RunResult)
     return {
@@ -100,7 +100,7 @@ def _json(result: object, lock: Path) -> dict[str, object]:
 
 
 def _print_summary(result: object, lock: Path) -> None:
-    from ..build import RunResult
+    from ..steps.build import RunResult
     from ..ui import step_summary, table
 
     assert isinstance(result, RunResult)

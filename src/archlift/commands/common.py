@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 DEFAULT_CONFIG = "images.yaml"
@@ -41,3 +42,75 @@ def print_json(data: Any) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+DEFAULT_REPORT = Path("dist/mirror-report.json")
+
+
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    """--insecure, --ca-file, --jobs: shared by mirror, import and verify."""
+    p.add_argument(
+        "--insecure", action="store_true", help="allow plain HTTP and unverified TLS for a non-loopback registry"
+    )
+    p.add_argument("--ca-file", metavar="FILE", help="trust this CA for the registries' TLS certificates")
+    p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help="blob copies at once (default 4)")
+
+
+DEFAULT_ARTIFACTS = Path("dist/manifests-artifact.json")
+
+
+def add_artifacts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        metavar="FILE",
+        help=f"also the artifacts 'archlift publish' recorded here, when the file exists ({DEFAULT_ARTIFACTS})",
+    )
+    p.add_argument("--no-artifacts", action="store_true", help="images only, no published artifacts")
+
+
+def load_artifacts(args: argparse.Namespace) -> Any:
+    from ..steps.mirror import read_artifacts
+
+    return [] if args.no_artifacts else read_artifacts(args.artifacts)
+
+
+def make_client(args: argparse.Namespace) -> Any:
+    from ..errors import UsageError
+    from ..oci import RegistryClient
+
+    if args.jobs < 1 or args.jobs > 64:
+        raise UsageError(f"--jobs {args.jobs}: give a number from 1 to 64")
+    if args.ca_file and not Path(args.ca_file).is_file():
+        raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    return RegistryClient(insecure=args.insecure, ca_file=args.ca_file, max_connections=2 * args.jobs)
+
+
+class RichProgress:
+    """A byte progress bar on stderr (only used on a terminal)."""
+
+    def __init__(self, what: str) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            transient=True,
+        )
+        self._task = self._progress.add_task(what, total=None)
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def start(self, total_bytes: int) -> None:
+        self._progress.update(self._task, total=total_bytes)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)

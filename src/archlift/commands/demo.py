@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import time
@@ -118,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
             if title:
                 _say(title)
             _step(argv)
-        if importlib.util.find_spec("archlift.commands.verify"):
-            _say(f"verify {target} against the release")
-            _step(["verify", "--registry", target])
+        _say(f"verify {target} against the release")
+        _step(["verify", "--registry", target])
         _summary(host, target, time.monotonic() - start)
     return 0
 

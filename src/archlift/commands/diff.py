@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks.diff import diff_releases, format_text
 from ..errors import UsageError
 from ..lock import ReleaseLock
-from ..manifestdiff import diff_releases, format_text
 from .common import add_json_arg, print_json
 
 

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..merge import merge_locks
-    from ..registry import RegistryClient
+    from ..oci import RegistryClient
+    from ..steps.merge import merge_locks
     from ..ui import PlainReporter
 
     partials = [ReleaseLock.read(p) for p in args.partials]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config.model import Component, Source, load_config
 from ..errors import PatchError, UsageError
-from ..model import Component, Source, load_config
-from ..patches import apply_queue, refresh
 from ..proc import run
-from ..sources import GIT_ENV, checkout, resolve
+from ..steps.patches import apply_queue, refresh
+from ..steps.sources import GIT_ENV, checkout, resolve
 from .common import DEFAULT_CONFIG
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import load_config
+from ..config.model import load_config
 from ..plan import Plan, make_plan
 from .common import add_config_arg, add_json_arg, add_registry_arg, print_json
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(config, args.components)
     decisions: dict[str, dict[str, str]] = {}
     if args.check:
-        from ..build import decide
+        from ..steps.build import decide
 
         decisions = {d.name: d.to_json() for d in decide(plan)}
     if args.json:

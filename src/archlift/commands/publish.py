@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..publish import CONFIG_SYNC, FLUX, flux_objects, parse_target, publish, rootsync, write_outputs, yaml_stream
+from ..steps.publish import CONFIG_SYNC, FLUX, flux_objects, parse_target, publish, rootsync, write_outputs, yaml_stream
 from .common import add_json_arg, print_json
 
 DEFAULT_MANIFESTS = Path("dist/manifests")

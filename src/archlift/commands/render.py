@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config.model import Config, load_config
 from ..errors import ConfigError
 from ..lock import ReleaseLock
-from ..model import Config, load_config
-from ..render import KUBERNETES_VERSION, UpstreamFile, render
+from ..steps.render import KUBERNETES_VERSION, UpstreamFile, render
 from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, print_json
 
 DEFAULT_OUT = Path("dist/manifests")
@@ -49,7 +49,7 @@ def upstream_files(config: Config) -> list[UpstreamFile]:
             base = config.root
             label = item.path
         else:
-            from ..trees import source_tree
+            from ..steps.trees import source_tree
 
             base = source_tree(config, item.source)
             label = f"{item.source}:{item.path}"
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lock = ReleaseLock.read(args.lock)
     if args.registry:
-        from ..mirror import Target
+        from ..steps.mirror import Target
 
         lock = lock.relocated(Target.parse(args.registry).map)
     if config.manifests.templates is None and not config.manifests.upstream:

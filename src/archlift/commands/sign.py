@@ -50,9 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checks.sign import Cosign, sign_release, verify_release
     from ..errors import UsageError
     from ..lock import ReleaseLock, write_atomic
-    from ..sign import Cosign, sign_release, verify_release
 
     if args.registry and not args.verify:
         raise UsageError("--registry is for --verify (signing happens in the release's own registry)")

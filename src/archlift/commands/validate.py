@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import load_config
+from ..config.model import load_config
 from .common import add_config_arg, add_registry_arg
 
 

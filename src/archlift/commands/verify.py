@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import DEFAULT_LOCK, add_json_arg, print_json
-from .mirror import add_artifacts_args, add_client_args, load_artifacts, make_client
+from .common import (
+    DEFAULT_LOCK,
+    add_artifacts_args,
+    add_client_args,
+    add_json_arg,
+    load_artifacts,
+    make_client,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,10 +39,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checks.verify import verify_target
     from ..errors import VerifyError
     from ..lock import ReleaseLock
-    from ..mirror import Target
-    from ..verify import verify_target
+    from ..steps.mirror import Target
 
     target = Target.parse(args.registry, option="--registry")
     lock = ReleaseLock.read(args.lock)
@@ -60,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _signatures(lock: object, key: str, registry: str) -> list[dict[str, str]]:
     """cosign verify of every image in ``registry`` (raises VerifyError naming each one that fails)."""
+    from ..checks.sign import verify_release
     from ..lock import ReleaseLock
-    from ..sign import verify_release
 
     assert isinstance(lock, ReleaseLock)
     return [{"component": s.component, "image": str(s.ref)} for s in verify_release(lock, key, registry=registry)]

@@ -14,7 +14,7 @@ asked with a mount from that repository itself: one request either way), sent
 once even when many images share it, and mounted (``?mount=&from=``) into the
 other repositories of the target registry; blobs stream GET -> PUT through a
 bounded thread pool, verified while streaming, never held whole in memory.
-Verification of a target against the release is ``archlift.verify``.
+Verification of a target against the release is ``archlift.checks.verify``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError, MirrorError, RegistryError
-from .lock import ComponentRelease, ReleaseLock
-from .refs import Digest, ImageRef, Platform, RefError
-from .registry import Descriptor, DigestMismatch, Manifest, RegistryClient, cosign_tag_of
-from .registry.model import ATTESTATION_FOR
+from ..errors import ConfigError, MirrorError, RegistryError
+from ..lock import ComponentRelease, ReleaseLock
+from ..oci import Descriptor, DigestMismatch, Manifest, RegistryClient, cosign_tag_of
+from ..oci.model import ATTESTATION_FOR
+from ..refs import Digest, ImageRef, Platform, RefError
 
-log = logging.getLogger("archlift.mirror")
+log = logging.getLogger("archlift.steps.mirror")
 
 
 # ---------------------------------------------------------------------- the plan
@@ -385,7 +385,7 @@ def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifes
 
 
 class Source(Protocol):
-    """Where images come from: a registry (``RegistrySource``) or a bundle (``archlift.airgap``)."""
+    """Where images come from: a registry (``RegistrySource``) or a bundle (``archlift.steps.airgap``)."""
 
     def manifest(self, image: ImagePlan, digest: Digest) -> Manifest:
         """A manifest of ``image``, verified."""

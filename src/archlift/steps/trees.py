@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
-from .model import Config, Source
+from ..config.model import Config, Source
+from ..errors import ConfigError
 from .patches import apply_queue, queue_hash
 from .sources import cache_root, checkout, resolve
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .lock import ComponentRelease, ReleaseLock
-from .render import Document, component_version, dump_document, load_documents
+from ..errors import ConfigError
+from ..lock import ComponentRelease, ReleaseLock
+from ..steps.render import Document, component_version, dump_document, load_documents
 
 
 @dataclass(frozen=True)

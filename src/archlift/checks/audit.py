@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import yaml
 
-from .errors import ArchliftError, ConfigError
-from .lock import ReleaseLock
-from .model import DEFAULT_PLATFORMS, Component, Config, load_config
-from .refs import Digest, ImageRef, Platform, RefError
-from .registry.model import ATTESTATION_ANNOTATION, ATTESTATION_FOR, ATTESTATION_VALUE
+from ..config.model import DEFAULT_PLATFORMS, Component, Config, load_config
+from ..errors import ArchliftError, ConfigError
+from ..lock import ReleaseLock
+from ..oci.model import ATTESTATION_ANNOTATION, ATTESTATION_FOR, ATTESTATION_VALUE
+from ..refs import Digest, ImageRef, Platform, RefError
 
 SOURCE_KEY = "org.opencontainers.image.source"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -363,7 +363,7 @@ class DescriptorLike(Protocol):
 
 
 class Registry(Protocol):
-    """What audit needs of :class:`archlift.registry.RegistryClient`."""
+    """What audit needs of :class:`archlift.oci.RegistryClient`."""
 
     def get_manifest(self, ref: ImageRef) -> ManifestLike: ...
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .lock import ComponentRelease, ReleaseLock, write_atomic
+from ..errors import ConfigError
+from ..lock import ComponentRelease, ReleaseLock, write_atomic
 
 DEFAULT_REPORT = Path("dist/release-report.md")
 DEFAULT_SIGNATURES = Path("dist/signatures.json")
@@ -168,7 +168,7 @@ def render(inputs: ReportInputs) -> str:
 
 def write(inputs: ReportInputs, out: Path = DEFAULT_REPORT) -> str:
     """Write the report to ``out`` and append it to ``$GITHUB_STEP_SUMMARY`` when set; returns it."""
-    from .ui import step_summary
+    from ..ui import step_summary
 
     text = render(inputs)
     write_atomic(out, text)

@@ -14,12 +14,12 @@ import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from ..errors import BuildError, ConfigError
+from ..lock import ComponentRelease, ReleaseLock
+from ..oci import OCI_INDEX, Manifest, RegistryClient
+from ..proc import run
+from ..refs import Digest
 from .build import Reporter, _quiet, move_tags
-from .errors import BuildError, ConfigError
-from .lock import ComponentRelease, ReleaseLock
-from .proc import run
-from .refs import Digest
-from .registry import OCI_INDEX, Manifest, RegistryClient
 
 
 def merge_locks(partials: Sequence[ReleaseLock], client: RegistryClient, report: Reporter = _quiet) -> ReleaseLock:

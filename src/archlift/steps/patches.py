@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PatchError
-from .proc import run
+from ..errors import PatchError
+from ..proc import run
 from .sources import GIT_ENV, ResolvedSource, git
 
 _FAILED_RE = re.compile(r"patch failed: (?P<file>.+?):(?P<line>\d+)")

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .refs import ImageRef, Platform, RefError, is_tag
-from .yamlnodes import Field, closest, compose
+from ..errors import ConfigError
+from ..refs import ImageRef, Platform, RefError, is_tag
+from .loader import Field, closest, compose
 
 FORMAT_VERSION = 1
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -235,7 +235,7 @@ def _platforms(f: Field) -> tuple[Platform, ...]:
 
 
 def _known_platforms() -> tuple[str, ...]:
-    from .refs import KNOWN_PLATFORMS
+    from ..refs import KNOWN_PLATFORMS
 
     return KNOWN_PLATFORMS
 

@@ -1,8 +1,4 @@
-"""Release steps after the build: ``archlift report`` and ``archlift verify-reproducible``.
-
-The whole release is a chain of commands (``nox -s release``): build, render,
-publish, sign, report; each restarts from the files the previous one wrote.
-"""
+"""archlift verify-reproducible: build a component twice from empty caches and compare."""
 
 from __future__ import annotations
 
@@ -10,27 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, print_json
+from .common import add_config_arg, add_json_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from ..report import DEFAULT_ARTIFACT, DEFAULT_REPORT, DEFAULT_SIGNATURES
-
-    p = sub.add_parser(
-        "report",
-        help="write the release report (markdown) from the lock, signatures and manifests artifact",
-        description="Write dist/release-report.md: every image with its digest per platform, tags, upstream "
-        "version and commit, patches and signature, and the published manifests artifact. Reads the release "
-        "lock, and dist/signatures.json (archlift sign) and dist/manifests-artifact.json (archlift publish) "
-        "when they exist. Appends the report to $GITHUB_STEP_SUMMARY when that is set.",
-    )
-    p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
-    p.add_argument("--signatures", type=Path, default=DEFAULT_SIGNATURES, help=f"default {DEFAULT_SIGNATURES}")
-    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help=f"default {DEFAULT_ARTIFACT}")
-    p.add_argument("--out", type=Path, default=DEFAULT_REPORT, help=f"where to write it (default {DEFAULT_REPORT})")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
-    p.set_defaults(func=run_report)
-
     r = sub.add_parser(
         "verify-reproducible",
         help="build a component twice from empty caches and compare the digests",
@@ -55,20 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.set_defaults(func=run_reproducible)
 
 
-def run_report(args: argparse.Namespace) -> int:
-    from ..report import load_inputs, write
-
-    text = write(load_inputs(args.lock, args.signatures, args.artifact), args.out)
-    if not args.quiet:
-        print(text, end="")
-    print(f"report: {args.out}", file=sys.stderr)
-    return 0
-
-
 def run_reproducible(args: argparse.Namespace) -> int:
+    from ..checks.reproducible import verify_component
+    from ..config.model import load_config
     from ..errors import BuildError
-    from ..model import load_config
-    from ..reproducible import verify_component
 
     config = load_config(args.config)
     released = None

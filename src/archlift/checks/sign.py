@@ -26,11 +26,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArchliftError, UsageError, VerifyError
-from .lock import ComponentRelease, ReleaseLock
-from .proc import run
-from .refs import ImageRef
-from .registry import auth, is_loopback
+from ..errors import ArchliftError, UsageError, VerifyError
+from ..lock import ComponentRelease, ReleaseLock
+from ..oci import auth, is_loopback
+from ..proc import run
+from ..refs import ImageRef
 
 SIGNED_BY = "dev.archlift.component"
 

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RegistryError
-from .lock import ComponentRelease, ReleaseLock
-from .mirror import Artifact, ImagePlan, RegistrySource, Target, Tree, collect, plan_mirror
-from .registry import RegistryClient, RequestFailed
+from ..errors import RegistryError
+from ..lock import ComponentRelease, ReleaseLock
+from ..oci import RegistryClient, RequestFailed
+from ..steps.mirror import Artifact, ImagePlan, RegistrySource, Target, Tree, collect, plan_mirror
 
 
 @dataclass(frozen=True)

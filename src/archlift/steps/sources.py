@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SourceError
-from .model import Source
-from .proc import run
+from ..config.model import Source
+from ..errors import SourceError
+from ..proc import run
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 GIT_ENV = {

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import BuildJob, bake_argv, bake_target
-from .errors import BuildError, ConfigError
-from .model import Config
-from .ocilayout import Layout
-from .refs import Digest
-from .registry import Descriptor, Manifest
+from ..config.model import Config
+from ..errors import BuildError, ConfigError
+from ..oci import Descriptor, Manifest
+from ..oci.layout import Layout
+from ..refs import Digest
+from ..steps.engine import BuildJob, bake_argv, bake_target
 
 Say = Callable[[str], None]
 
@@ -171,7 +171,7 @@ class Result:
 
 
 def build_definition(job: BuildJob, config: Config, *, attestations: bool) -> dict[str, Any]:
-    """The release's own bake target for ``job`` (``archlift.engine.bake_target``), from an empty cache
+    """The release's own bake target for ``job`` (``archlift.steps.engine.bake_target``), from an empty cache
     and always with SOURCE_DATE_EPOCH and rewritten timestamps."""
     return {"target": {job.target: bake_target(job, config, fresh=True, attestations=attestations, reproducible=True)}}
 
@@ -187,8 +187,8 @@ def verify_component(
 ) -> Result:
     """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
     names the platform manifests of a release, the rebuilt ones with them)."""
-    from .build import inputs_for, workspace
-    from .proc import run
+    from ..proc import run
+    from ..steps.build import inputs_for, workspace
 
     comp = config.components.get(name)
     if comp is None:

@@ -14,7 +14,7 @@ Transport rules:
 - Retries with backoff only on temporary failures: 429 (honouring
   ``Retry-After``), 5xx, connection reset, timeout; bounded by ``retries``.
 - Auth on 401: Basic, or the distribution token flow (Bearer), tokens cached per
-  scope; see ``archlift.registry.auth`` for where credentials come from.
+  scope; see ``archlift.oci.auth`` for where credentials come from.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from . import auth
 from .model import ACCEPT_MANIFESTS, INDEX_TYPES, OCI_INDEX, Descriptor, Manifest
 from .transport import CHUNK, TLS, Broken, ConnectFailed, Response, TLSFailed, Transport, TransportError, Unsendable
 
-log = logging.getLogger("archlift.registry")
+log = logging.getLogger("archlift.oci")
 
 CERTS_D = Path("/etc/docker/certs.d")
 MAX_MANIFEST = 4 << 20

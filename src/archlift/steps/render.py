@@ -35,9 +35,9 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from .errors import ConfigError
-from .lock import ComponentRelease, ReleaseLock
-from .refs import ImageRef, RefError
+from ..errors import ConfigError
+from ..lock import ComponentRelease, ReleaseLock
+from ..refs import ImageRef, RefError
 
 KUBERNETES_VERSION = "1.30"  # the schemas kubernetes-validate ships offline, 1.25 to 1.37
 TEMPLATE_SUFFIXES = (".yaml.j2", ".yml.j2")

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .lock import write_atomic
-from .model import Component, Config
+from ..config.model import Component, Config
+from ..lock import write_atomic
+from ..oci import OCI_MANIFEST, RegistryClient
+from ..refs import Digest, ImageRef
 from .patches import file_sha256
-from .refs import Digest, ImageRef
-from .registry import OCI_MANIFEST, RegistryClient
 from .sources import ResolvedSource, cache_root
 
 HASH_VERSION = "archlift-inputs/2"  # 2: SOURCE_DATE_EPOCH and rewritten layer timestamps
-RECORD_TYPE = "application/vnd.archlift.build-record.v1+json"
+RECORD_TYPE = "application/vnd.archlift.steps.build-record.v1+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
 EMPTY = {"mediaType": EMPTY_TYPE, "digest": str(Digest.of(EMPTY_BLOB)), "size": 2}

@@ -13,7 +13,7 @@ match wins:
    (``auth``, ``identitytoken``), ``credsStore``.
 
 Transport rules (HTTPS first, plain HTTP for loopback or ``insecure``, CA files,
-retries) are described in ``archlift.registry.client``.
+retries) are described in ``archlift.oci.client``.
 """
 
 from __future__ import annotations

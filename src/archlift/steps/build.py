@@ -27,22 +27,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..config.model import Component, Config, Source
+from ..errors import ArchliftError, BuildError, MirrorError, RegistryError, UsageError
+from ..lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
+from ..oci import Descriptor, Manifest, RegistryClient
+from ..oci.layout import Layout, push_tree
+from ..plan import Plan, PlannedComponent
+from ..refs import Digest, ImageRef, Platform, RefError
 from . import inputs as inputs_mod
 from .dockerfile import external_images
 from .engine import BuildJob, bake
-from .errors import ArchliftError, BuildError, MirrorError, RegistryError, UsageError
 from .inputs import BuildRecord, Inputs
-from .lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
-from .model import Component, Config, Source
-from .ocilayout import Layout, push_tree
 from .patches import PatchedTree, apply_queue, file_sha256, queue_hash
-from .plan import Plan, PlannedComponent
-from .refs import Digest, ImageRef, Platform, RefError
-from .registry import Descriptor, Manifest, RegistryClient
 from .sources import ResolvedSource, cache_root, checkout, resolve
 
 Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
-log = logging.getLogger("archlift.build")
+log = logging.getLogger("archlift.steps.build")
 
 
 def _quiet(component: str, platform: str, message: str) -> None:
@@ -341,7 +341,7 @@ def _layout_dir(ws: Workspace, comp: Component) -> Path:
 def build_all(
     ws: Workspace, todo: list[tuple[PlannedComponent, Decision]], report: Reporter, limit: int
 ) -> dict[str, Digest | BuildError]:
-    """Bake every component that must be built: ``limit`` components per bake (see ``archlift.engine``)."""
+    """Bake every component that must be built: ``limit`` components per bake (see ``archlift.steps.engine``)."""
     jobs, failed = [], dict[str, Digest | BuildError]()
 
     def prepare(item: tuple[PlannedComponent, Decision]) -> BuildJob | BuildError:

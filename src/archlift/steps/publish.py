@@ -31,14 +31,14 @@ from typing import Any
 
 import oras.provider
 
-from .errors import ConfigError, PublishError, RegistryError
-from .lock import write_atomic
-from .refs import Digest, ImageRef, is_tag
-from .registry import auth
-from .registry.client import RegistryClient, is_loopback
+from ..errors import ConfigError, PublishError, RegistryError
+from ..lock import write_atomic
+from ..oci import auth
+from ..oci.client import RegistryClient, is_loopback
+from ..refs import Digest, ImageRef, is_tag
 from .render import dump_document
 
-log = logging.getLogger("archlift.publish")
+log = logging.getLogger("archlift.steps.publish")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"

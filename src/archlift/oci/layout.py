@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RegistryError
-from .refs import Digest, ImageRef
-from .registry import Descriptor, Manifest, RegistryClient
+from ..errors import RegistryError
+from ..refs import Digest, ImageRef
+from . import Descriptor, Manifest, RegistryClient
 
 CHUNK = 1 << 20
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError
+from ..config.model import Component, Config
+from ..errors import BuildError
+from ..proc import stream, tail
+from ..refs import Digest
 from .inputs import Inputs
-from .model import Component, Config
 from .patches import PatchedTree
-from .proc import stream, tail
-from .refs import Digest
 
 Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
 _EXPORT_RE = re.compile(r"^#(?P<vertex>\d+) \[(?P<target>[A-Za-z0-9_-]+)\] exporting to oci image format")

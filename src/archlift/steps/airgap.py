@@ -32,8 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MirrorError, RegistryError
-from .lock import ReleaseLock
+from ..errors import ConfigError, MirrorError, RegistryError
+from ..lock import ReleaseLock
+from ..oci import OCI_INDEX, Descriptor, DigestMismatch, Manifest, RegistryClient, RequestFailed
+from ..refs import Digest, ImageRef, RefError
 from .mirror import (
     Artifact,
     ImagePlan,
@@ -47,8 +49,6 @@ from .mirror import (
     mirror,
     plan_mirror,
 )
-from .refs import Digest, ImageRef, RefError
-from .registry import OCI_INDEX, Descriptor, DigestMismatch, Manifest, RegistryClient, RequestFailed
 
 REF_NAME = "org.opencontainers.image.ref.name"
 COMPONENT = "io.archlift.component"
@@ -102,7 +102,7 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def _download(client: RegistryClient, repo: ImageRef, desc: Descriptor, path: Path, attempts: int = 4) -> None:
     """A blob into ``path``, verified; temporary failures start it again."""
-    from .registry.transport import TransportError
+    from ..oci.transport import TransportError
 
     for attempt in range(attempts):
         try:
