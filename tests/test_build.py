@@ -205,9 +205,10 @@ def test_a_patch_that_does_not_apply_names_file_hunk_and_commit(
     patch = demo_copy / "patches" / "hello" / "0001-Build-for-the-target-architecture.patch"
     patch.write_text(patch.read_text().replace("-RUN GOARCH=amd64", "-RUN GOARCH=sparc"))
     status, result = build(demo_copy / "images.yaml", capsys, "hello")
-    assert status == 5
+    assert status == 2  # bad input: nothing of it was built, pushed or moved
     error = result["components"][0]["error"]  # type: ignore[index]
     assert "0001-Build-for-the-target-architecture.patch does not apply" in error
+    assert "archlift patches checkout hello" in result["components"][0]["hint"]  # type: ignore[index]
     assert "failing hunk:" in error and "-RUN GOARCH=sparc" in error
     commit = make_git_repo(demo_copy / "upstreams" / "hello", demo_copy / ".upstreams" / "hello.git").commit
     assert commit in error
@@ -222,8 +223,9 @@ def test_a_ref_that_does_not_exist_and_a_moved_tag_are_clear_errors(
     original = config.read_text()
     config.write_text(original.replace("ref: v0.3.0", "ref: v9.9.9"))
     status, result = build(config, capsys, "toolbox")
-    assert status == 5
+    assert status == 2  # bad input
     assert "ref 'v9.9.9' does not exist" in result["components"][0]["error"]  # type: ignore[index]
+    assert "give an existing tag" in result["components"][0]["hint"]  # type: ignore[index]
 
     config.write_text(original)
     status, _ = build(config, capsys, "toolbox")
@@ -240,17 +242,20 @@ def test_a_ref_that_does_not_exist_and_a_moved_tag_are_clear_errors(
 
     git("tag", "-f", "-a", "-m", "moved", "v0.3.0", "HEAD", cwd=upstream)
     status, result = build(config, capsys, "toolbox", "--refresh")
-    assert status == 5
+    assert status == 3  # a source error, with the hint of the error that caused it
     error = result["components"][0]["error"]  # type: ignore[index]
     assert "now resolves to" in error and "release lock records" in error
+    assert "pin 'commit:' in images.yaml" in result["components"][0]["hint"]  # type: ignore[index]
 
 
 def test_an_unreachable_source_is_a_clear_error(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = demo_copy / "images.yaml"
     config.write_text(config.read_text().replace(".upstreams/toolbox.git", ".upstreams/nowhere.git"))
     status, result = build(config, capsys, "toolbox")
-    assert status == 5
-    assert "cannot fetch" in result["components"][0]["error"]  # type: ignore[index]
+    assert status == 2
+    error = result["components"][0]["error"]  # type: ignore[index]
+    assert "cannot reach" in error and "nowhere.git" in error
+    assert "does not appear to be a git repository" in error  # git's own words, not just its last line
 
 
 def test_plan_check_says_build_or_skip_and_why(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

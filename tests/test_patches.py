@@ -52,7 +52,7 @@ def test_refresh_refuses_uncommitted_changes(demo: Path, tmp_path: Path, capsys:
     config = str(demo / "images.yaml")
     assert main(["patches", "checkout", "hello", str(tree), "--config", config]) == 0
     (tree / "Dockerfile").write_text("changed\n")
-    assert main(["patches", "refresh", "hello", str(tree), "--config", config]) == 4
+    assert main(["patches", "refresh", "hello", str(tree), "--config", config]) == 2
     assert "uncommitted changes" in capsys.readouterr().err
 
 

@@ -284,9 +284,8 @@ def test_the_release_build_with_epoch_and_rewritten_timestamps_is_rebuilt_exactl
     """The release build sets SOURCE_DATE_EPOCH (the commit time) and rewrite-timestamp=true itself
     (``reproducible: true``, the default), so a rebuild from empty caches gives the released platform
     manifests (provenance, SBOM and the registry cache on in the release build; they do not touch the images)."""
+    from archlift.cli import main
     from archlift.lock import ReleaseLock
-    from archlift.plan import make_plan
-    from archlift.steps.build import execute
     from archlift.steps.sources import resolve
 
     seed_sbom_scanner(registry.host)
@@ -298,8 +297,8 @@ def test_the_release_build_with_epoch_and_rewritten_timestamps_is_rebuilt_exactl
         assert source is not None
         epochs[name] = resolve(source).commit_time
     lock_path = tmp_path / "dist" / "release.json"
-    result = execute(make_plan(config, ["hello", "toolbox"]), lock_path=lock_path, force=True)
-    assert result.ok, [o.error for o in result.outcomes]
+    argv = ["build", str(demo), "hello", "toolbox", "--registry", f"{registry.host}/reproduced"]
+    assert main([*argv, "--lock", str(lock_path), "--force", "--quiet"]) == 0
     lock = ReleaseLock.read(lock_path)
     for name in ("hello", "toolbox"):
         rebuilt = verify_component(config, name, released=dict(lock.component(name).platforms))

@@ -35,12 +35,24 @@ class ConfigError(ArchliftError):
 
 
 class SourceError(ArchliftError):
+    """A source that could not be fetched or resolved (git failed, a pinned tag moved)."""
+
     exit_code = 3
     title = "source"
 
 
+class SourceInputError(SourceError):
+    """A source that images.yaml names wrongly: a ref the repository does not have, a URL that
+    cannot be reached. Bad input: nothing was built, pushed or moved."""
+
+    exit_code = 2
+
+
 class PatchError(ArchliftError):
-    exit_code = 4
+    """A patch of the queue that does not apply (or cannot be read): bad input, like any file
+    that arrives in a pull request; nothing of its component was built, pushed or moved."""
+
+    exit_code = 2
     title = "patch"
 
 

@@ -5,12 +5,14 @@ No git, no docker, no network: ``archlift plan`` prints it, ``build`` runs it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config.model import Component, Config
-from .refs import ImageRef, Platform
+from .errors import UsageError
+from .refs import ImageRef, Platform, RefError
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,18 @@ def _component_json(p: PlannedComponent, root: Path) -> dict[str, Any]:
     }
     out["cache"] = str(p.cache) if p.cache else None
     return out
+
+
+def only_platform(plan: Plan, platform: str) -> Plan:
+    """The plan narrowed to one platform (a native runner's share of a split release)."""
+    try:
+        wanted = Platform.parse(platform)
+    except RefError as e:
+        raise UsageError(f"--platform: {e}") from None
+    narrowed = []
+    for p in plan.components:
+        if p.component.mirror is None and wanted not in p.platforms:
+            continue  # this component is not built for that platform
+        comp = dataclasses.replace(p.component, platforms=(wanted,)) if p.component.mirror is None else p.component
+        narrowed.append(dataclasses.replace(p, component=comp, platforms=comp.platforms))
+    return Plan(plan.config, tuple(narrowed))

@@ -11,11 +11,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .steps.build import Reporter
+# What steps report progress through: (component, platform or "", message).
+Reporter = Callable[[str, str, str], None]
+
+
+def quiet(component: str, platform: str, message: str) -> None:
+    """A reporter that says nothing."""
 
 
 def interactive() -> bool:
@@ -86,9 +91,9 @@ class LiveReporter:
 
 
 @contextmanager
-def reporter(rows: Sequence[tuple[str, Sequence[str]]], quiet: bool = False) -> Iterator[Reporter]:
-    if quiet:
-        yield lambda c, p, m: None
+def reporter(rows: Sequence[tuple[str, Sequence[str]]], silent: bool = False) -> Iterator[Reporter]:
+    if silent:
+        yield quiet
     elif interactive():
         with LiveReporter(rows) as live:
             yield live

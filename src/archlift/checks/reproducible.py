@@ -188,18 +188,18 @@ def verify_component(
     """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
     names the platform manifests of a release, the rebuilt ones with them)."""
     from ..proc import run
-    from ..steps.build import inputs_for, workspace
+    from ..steps.decide import Bases, inputs_for, open_run, source_of
 
     comp = config.components.get(name)
     if comp is None:
         raise ConfigError(f"no component '{name}' in {config.path}", hint=f"known: {', '.join(config.components)}")
     if comp.mirror or comp.build is None:
         raise ConfigError(f"'{name}' is mirrored, not built: there is nothing to reproduce")
-    with workspace(config) as ws:
-        inputs, resolved, _ = inputs_for(ws, comp)
-        tree = ws.tree(comp)
+    with open_run(config) as session:
+        inputs, resolved = inputs_for(comp, config, session.resolver, session.trees, Bases(session.client))
+        tree = session.trees.tree(source_of(comp), comp.name)
         epoch = resolved.commit_time
-        work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=ws.root))
+        work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=session.trees.root))
         layouts: list[Path] = []
         digests: list[Digest] = []
         for n in (1, 2):

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.model import load_config
-from ..errors import BuildError
+from ..errors import UsageError
+from ..lock import ReleaseLock
 from ..plan import make_plan
 from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
+
+if TYPE_CHECKING:
+    from ..steps.release import RunResult
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,29 +48,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..steps.build import execute
+    from ..plan import only_platform
+    from ..steps.build import build
+    from ..steps.decide import decide, open_run
+    from ..steps.release import release
     from ..ui import reporter
 
     if args.jobs is not None and args.jobs < 1:
-        raise BuildError("--jobs must be at least 1")
+        raise UsageError("--jobs must be at least 1")
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
     by_digest = None
     if args.platform:
-        from ..steps.build import only_platform
-
         plan = only_platform(plan, args.platform)
         by_digest = args.platform
     elif args.by_digest:
         by_digest = "all"
+    previous = None if by_digest else read_lock_if_any(args.lock)
     rows = [(p.name, [str(x) for x in p.platforms]) for p in plan.components]
-    with reporter(rows, quiet=args.quiet or args.json) as report:
-        result = execute(
-            plan,
+    jobs = args.jobs or config.concurrency
+    with (
+        reporter(rows, silent=args.quiet or args.json) as report,
+        open_run(config, lock=previous, refresh=args.refresh) as run,
+    ):
+        decisions = decide(
+            plan, client=run.client, resolver=run.resolver, trees=run.trees, force=args.force, jobs=jobs, report=report
+        )
+        results = build(decisions, config=config, client=run.client, trees=run.trees, report=report, jobs=jobs)
+        result = release(
+            results,
+            config=config,
+            client=run.client,
+            previous=previous,
             lock_path=args.lock,
-            jobs=args.jobs,
-            force=args.force,
-            refresh=args.refresh,
             by_digest=by_digest,
             report=report,
         )
@@ -73,45 +88,47 @@ def run(args: argparse.Namespace) -> int:
         print_json(_json(result, args.lock))
     else:
         _print_summary(result, args.lock)
-    return 0 if result.ok else BuildError.exit_code
+    return result.exit_code
 
 
-def _json(result: object, lock: Path) -> dict[str, object]:
-    from ..steps.build import RunResult
+def read_lock_if_any(path: Path) -> ReleaseLock | None:
+    """The lock at ``path`` when there is one (a damaged one is an error: it names the file)."""
+    return ReleaseLock.read(path) if path.is_file() else None
 
-    assert isinstance(result, RunResult)
+
+def _json(result: RunResult, lock: Path) -> dict[str, object]:
     return {
         "ok": result.ok,
         "lock": str(lock) if result.lock else None,
         "tags_moved": result.tags_moved,
         "components": [
             {
-                "name": o.name,
-                "status": o.status,
-                "seconds": round(o.seconds, 2),
-                "error": o.error or None,
-                "image": str(o.release.ref) if o.release else None,
-                "platforms": {k: str(v) for k, v in o.release.platforms.items()} if o.release else {},
-                "tags": list(o.release.tags) if o.release else [],
+                "name": r.name,
+                "status": r.status,
+                "seconds": round(r.seconds, 2),
+                "error": r.message or None,
+                "hint": r.error.hint if r.error and r.error.hint else None,
+                "exit_code": r.error.exit_code if r.error else 0,
+                "image": str(r.release.ref) if r.release else None,
+                "platforms": {k: str(v) for k, v in r.release.platforms.items()} if r.release else {},
+                "tags": list(r.release.tags) if r.release else [],
             }
-            for o in result.outcomes
+            for r in result.results
         ],
     }
 
 
-def _print_summary(result: object, lock: Path) -> None:
-    from ..steps.build import RunResult
+def _print_summary(result: RunResult, lock: Path) -> None:
     from ..ui import step_summary, table
 
-    assert isinstance(result, RunResult)
     rows = []
-    for o in result.outcomes:
-        rel = o.release
+    for r in result.results:
+        rel = r.release
         rows.append(
             [
-                o.name,
-                o.status,
-                f"{o.seconds:.1f}s",
+                r.name,
+                r.status,
+                f"{r.seconds:.1f}s",
                 rel.index_digest.value[:19] if rel else "-",
                 ", ".join(sorted(rel.platforms)) if rel else "-",
                 ", ".join(rel.tags) if rel else "-",
@@ -119,23 +136,24 @@ def _print_summary(result: object, lock: Path) -> None:
         )
     text = table(["component", "status", "time", "digest", "platforms", "tags"], rows)
     print(text)
-    for o in result.outcomes:
-        if o.error:
-            print(f"\n{o.name} failed:\n  " + o.error.replace("\n", "\n  "), file=sys.stderr)
+    for name, error in result.errors:
+        print(f"\n{name} failed: {error.title}: " + error.message.replace("\n", "\n  "), file=sys.stderr)
+        if error.hint:
+            print(f"  {error.hint}", file=sys.stderr)
     if result.ok and result.lock and result.lock.partial_platform:
         print(
             f"\npartial release ({result.lock.partial_platform}) pushed by digest; no tag moved; partial lock: {lock}"
         )
         print("merge the partial locks of every platform with: archlift merge PARTIAL_LOCK...")
     elif result.ok and result.lock:
-        built = sum(1 for o in result.outcomes if o.status == "built")
+        built = sum(1 for r in result.results if r.status == "built")
         print(
-            f"\nrelease complete: {built} built, {len(result.outcomes) - built} unchanged or mirrored; "
+            f"\nrelease complete: {built} built, {len(result.results) - built} unchanged or mirrored; "
             f"{result.tags_moved} tags moved; lock written to {lock}"
         )
         for rel in result.lock.components.values():
             print(f"  {rel.ref}")
     else:
-        failed = [o.name for o in result.outcomes if o.status == "failed"]
+        failed = [r.name for r in result.results if r.status == "failed"]
         print(f"\nrelease NOT complete: {', '.join(failed)} failed; no tag was moved and {lock} was not written.")
     step_summary("```\n" + text + "\n```")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from ..config.model import load_config
 from ..plan import Plan, make_plan
-from .common import add_config_arg, add_json_arg, add_registry_arg, print_json
+from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,17 +24,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json_arg(p)
     p.add_argument("components", nargs="*", metavar="COMPONENT", help="only these components")
     p.add_argument("--check", action="store_true", help="resolve sources and the registry: build or skip, and why")
+    p.add_argument(
+        "--lock",
+        type=Path,
+        default=DEFAULT_LOCK,
+        help="with --check: the previous release lock, as build reads it (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
-    decisions: dict[str, dict[str, str]] = {}
+    decisions: dict[str, dict[str, Any]] = {}
     if args.check:
-        from ..steps.build import decide
+        from ..steps.decide import decide, open_run
+        from .build import read_lock_if_any
 
-        decisions = {d.name: d.to_json() for d in decide(plan)}
+        with open_run(config, lock=read_lock_if_any(args.lock)) as run:
+            found = decide(plan, client=run.client, resolver=run.resolver, trees=run.trees, jobs=config.concurrency)
+        decisions = {d.name: d.to_json() for d in found}
     if args.json:
         data = plan.to_json()
         for comp in data["components"]:
@@ -44,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_text(plan: Plan, decisions: dict[str, dict[str, str]]) -> None:
+def print_text(plan: Plan, decisions: dict[str, dict[str, Any]]) -> None:
     root = plan.config.root
     print(f"plan for {plan.config.path} -> {plan.config.registry}")
     for p in plan.components:
@@ -64,3 +75,5 @@ def print_text(plan: Plan, decisions: dict[str, dict[str, str]]) -> None:
         if p.name in decisions:
             d = decisions[p.name]
             print(f"  decision:  {d['action']}: {d['reason']}")
+            if d.get("hint"):
+                print(f"             {d['hint']}")

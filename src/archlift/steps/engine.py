@@ -21,10 +21,10 @@ from ..config.model import Component, Config
 from ..errors import BuildError
 from ..proc import stream, tail
 from ..refs import Digest
+from ..ui import Reporter
 from .inputs import Inputs
 from .patches import PatchedTree
 
-Reporter = Callable[[str, str, str], None]  # (component, platform or "", message)
 _EXPORT_RE = re.compile(r"^#(?P<vertex>\d+) \[(?P<target>[A-Za-z0-9_-]+)\] exporting to oci image format")
 _DONE_RE = re.compile(r"^#(?P<vertex>\d+) DONE")
 _TOP_RE = re.compile(r"^#(?P<vertex>\d+) exporting (?P<what>manifest list|manifest) (?P<digest>sha256:[0-9a-f]{64})")
@@ -158,12 +158,65 @@ def _run(
     jobs: list[BuildJob], config: Config, bakefile: Path, metadata: Path, watch: _Watch
 ) -> tuple[dict[str, Digest | BuildError], BuildError | None]:
     by_target = {j.target: j for j in jobs}
-    result = stream(bake_argv(bakefile, metadata, list(by_target), config), watch.line)
+    result = stream(bake_argv(bakefile, metadata, list(by_target), config), watch.line, keep=400)
     if result.returncode != 0:
         names = ", ".join(j.comp.name for j in jobs)
-        return {}, BuildError(f"{names}: docker buildx bake failed ({result.returncode}):\n{tail(result.stderr)}")
+        return {}, BuildError(
+            f"{names}: {failure_text(result.stderr.splitlines())}",
+            hint="the failing step and its output are above; nothing of this component was pushed or tagged",
+        )
     data = json.loads(metadata.read_text())
     return {by_target[t].comp.name: Digest.parse(data[t]["containerimage.digest"]) for t in by_target}, None
+
+
+_CACHE_VERTEX = ("importing cache manifest", "exporting cache", "[auth]")
+
+
+def failure_text(lines: list[str]) -> str:
+    """What a failed bake says, error first: BuildKit's final ``ERROR:`` line, then the output of
+    each failing step and the Dockerfile excerpt it prints, without the registry cache's lines (a
+    missing cache only warns) or the progress of the steps that worked."""
+    errors = [
+        line.removeprefix("ERROR: ").removeprefix("failed to solve: ") for line in lines if line.startswith("ERROR:")
+    ]
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    excerpt: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line == "------" and i + 1 < len(lines) and lines[i + 1].startswith(" > "):
+            current = [lines[i + 1].removeprefix(" > ").rstrip(":")]
+            i += 2
+            while i < len(lines) and lines[i] != "------":
+                current.append(lines[i])
+                i += 1
+            if not current[0].startswith(_CACHE_VERTEX):
+                blocks.append(current)
+        elif re.match(r"^\S+:\d+$", line) and i + 1 < len(lines) and lines[i + 1].startswith("-----"):
+            excerpt = [line]
+            i += 2
+            while i < len(lines) and not lines[i].startswith("-----"):
+                excerpt.append(lines[i])
+                i += 1
+        i += 1
+    if not errors and not blocks:  # not BuildKit's shape (a bake file error, a missing builder): its tail
+        return "docker buildx bake failed:\n" + tail("\n".join(lines))
+    text = errors[-1] if errors else "the build failed"
+    for block in blocks:
+        text += f"\n  step {block[0]}:" + "".join(f"\n    {x}" for x in block[1:] if x.strip())
+    if excerpt:
+        text += f"\n  {excerpt[0]}" + "".join(f"\n  {x}" for x in excerpt[1:])
+    return text
+
+
+def target_platform(text: str) -> str:
+    """The platform a step builds for: a cross-compiling step is named ``linux/amd64->arm64``
+    (it runs on the build platform for the target one)."""
+    if "->" not in text:
+        return text
+    build, _, target = text.partition("->")
+    return target if "/" in target else f"{build.split('/', 1)[0]}/{target}"
 
 
 @dataclass
@@ -185,7 +238,7 @@ class _Watch:
             if m and m.group("target") in self.jobs:
                 rest = line[m.end() :].strip()
                 step = f"{m.group('step')} {rest}".strip()
-                self.report(self.jobs[m.group("target")].comp.name, m.group("platform"), step)
+                self.report(self.jobs[m.group("target")].comp.name, target_platform(m.group("platform")), step)
 
     def _export_line(self, line: str) -> None:
         assert self.exported is not None

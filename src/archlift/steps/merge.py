@@ -19,10 +19,11 @@ from ..lock import ComponentRelease, ReleaseLock
 from ..oci import OCI_INDEX, Manifest, RegistryClient
 from ..proc import run
 from ..refs import Digest
-from .build import Reporter, _quiet, move_tags
+from ..ui import Reporter, quiet
+from .release import move_tags
 
 
-def merge_locks(partials: Sequence[ReleaseLock], client: RegistryClient, report: Reporter = _quiet) -> ReleaseLock:
+def merge_locks(partials: Sequence[ReleaseLock], client: RegistryClient, report: Reporter = quiet) -> ReleaseLock:
     if not partials:
         raise ConfigError("merge needs at least one partial lock")
     for lock in partials:

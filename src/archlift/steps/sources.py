@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.model import Source
-from ..errors import SourceError
+from ..errors import SourceError, SourceInputError
+from ..memo import Once
 from ..proc import run
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -119,23 +121,60 @@ class Refs:
 
 
 def _fetch(repo: Path, url: str, ref: str, context: str) -> None:
-    refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
+    """Fetch just ``ref`` (a tag, a branch or a full commit id) from ``url``: not every head and tag
+    of the remote, so a broken object elsewhere in a mirror's history does not matter. A fetch that
+    fails with the whole history is tried once more for the ref's tip alone (``--depth=1``), which
+    is what a shallow or partial mirror holding the pinned commit can serve."""
+    if _HEX40.match(ref):
+        refspecs = [ref]
+    else:
+        kind = _remote_kind(repo, url, ref, context)
+        refspecs = [
+            f"+refs/tags/{ref}:refs/tags/{ref}" if kind == "tag" else f"+refs/heads/{ref}:refs/remotes/origin/{ref}"
+        ]
+    # --update-shallow: a shallow mirror's refs are taken (git silently refuses them otherwise)
+    argv = ["git", "fetch", "-q", "--force", "--no-tags", "--update-shallow", "origin", *refspecs]
+    result = run(argv, cwd=repo, env=GIT_ENV, check=False, timeout=600)
+    if result.returncode != 0:
+        result = run([*argv[:3], "--depth=1", *argv[3:]], cwd=repo, env=GIT_ENV, check=False, timeout=600)
+    if result.returncode != 0:
+        what = f"commit {ref}" if _HEX40.match(ref) else f"'{ref}'"
+        missing = "not our ref" in result.stderr or "couldn't find remote ref" in result.stderr
+        raise (SourceInputError if missing else SourceError)(
+            f"{context}: cannot fetch {what} from {url}; git said:\n{_indent(result.stderr)}",
+            hint="check the URL, the ref and your network or credentials; a mirror must hold the pinned "
+            "commit (a shallow or partial mirror will do)",
+        )
+
+
+def _remote_kind(repo: Path, url: str, ref: str, context: str) -> str:
+    """Whether ``ref`` is a tag or a branch of the remote (one ``git ls-remote``, no objects)."""
     result = run(
-        ["git", "fetch", "-q", "--force", "origin", *refspecs],
+        ["git", "ls-remote", "origin", f"refs/tags/{ref}", f"refs/heads/{ref}"],
         cwd=repo,
         env=GIT_ENV,
         check=False,
-        timeout=600,
-        error=SourceError,
-        context=context,
+        timeout=120,
     )
     if result.returncode != 0:
-        raise SourceError(
-            f"{context}: cannot fetch {url}: {result.stderr.strip().splitlines()[-1] if result.stderr else ''}",
+        raise SourceInputError(
+            f"{context}: cannot reach {url}; git said:\n{_indent(result.stderr)}",
             hint="check the URL and your network or credentials; a path must be a git repository",
         )
-    if _HEX40.match(ref) and not Refs.read(repo).commit(repo, ref):
-        run(["git", "fetch", "-q", "origin", ref], cwd=repo, env=GIT_ENV, check=False, timeout=600)
+    names = {line.split("\t", 1)[-1] for line in result.stdout.splitlines()}
+    if f"refs/tags/{ref}" in names:
+        return "tag"
+    if f"refs/heads/{ref}" in names:
+        return "branch"
+    raise SourceInputError(
+        f"{context}: ref '{ref}' does not exist in {url}",
+        hint="give an existing tag, branch or full commit id in images.yaml",
+    )
+
+
+def _indent(text: str) -> str:
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()] or ["(no output)"]
+    return "\n".join(f"    {line}" for line in lines)
 
 
 def resolve(source: Source, *, refresh: bool = False, locked_commit: str | None = None) -> ResolvedSource:
@@ -157,7 +196,7 @@ def resolve(source: Source, *, refresh: bool = False, locked_commit: str | None 
         refs = Refs.read(repo)
         commit = refs.commit(repo, source.ref)
     if commit is None:
-        raise SourceError(
+        raise SourceInputError(
             f"{context}: ref '{source.ref}' does not exist in {source.git}",
             hint="give an existing tag, branch or full commit id in images.yaml",
         )
@@ -234,3 +273,21 @@ def checkout(resolved: ResolvedSource, dest: Path) -> Path:
     git("clone", "-q", "--shared", "--no-checkout", str(resolved.repo), str(dest), context=context)
     git("checkout", "-q", "--detach", resolved.commit, cwd=dest, context=context)
     return dest
+
+
+class Resolver:
+    """Resolves each source once per run, for every component built from it: the result, or the
+    error, is kept and given again (a failing fetch is tried once, not once per component).
+
+    ``locked`` maps a source name to the commit the previous release lock records for it (a tag
+    that moved since then is an error). Thread-safe: components are decided concurrently."""
+
+    def __init__(self, *, refresh: bool = False, locked: Mapping[str, str] | None = None) -> None:
+        self.refresh = refresh
+        self.locked = dict(locked or {})
+        self._once: Once[ResolvedSource] = Once()
+
+    def resolve(self, source: Source) -> ResolvedSource:
+        locked = self.locked.get(source.name)
+        key = f"{source.location}\0{source.ref}\0{source.commit}\0{locked}"
+        return self._once.get(key, lambda: resolve(source, refresh=self.refresh, locked_commit=locked))

@@ -1,8 +1,7 @@
-"""Patched source trees kept in the cache, for steps that read upstream files
-(render takes an upstream's own install manifests from its pinned tree).
-
-``source_tree(config, name)`` resolves the source, checks it out and applies
-its patch queue once per (commit, queue); later calls reuse the tree.
+"""Patched source trees: the work trees a build run uses (``WorkTrees``), and the trees kept
+in the cache for steps that read upstream files (render takes an upstream's own install
+manifests from its pinned tree: ``source_tree(config, name)`` resolves the source, checks it
+out and applies its patch queue once per (commit, queue); later calls reuse the tree).
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from pathlib import Path
 
 from ..config.model import Config, Source
 from ..errors import ConfigError
-from .patches import apply_queue, queue_hash
-from .sources import cache_root, checkout, resolve
+from ..memo import Once
+from .patches import PatchedTree, apply_queue, queue_hash
+from .sources import Resolver, cache_root, checkout, resolve
 
 _COMPLETE = ".archlift-tree-complete"
 
@@ -49,3 +49,29 @@ def source_tree(config: Config, name: str, *, locked_commit: str | None = None) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+class WorkTrees:
+    """The patched work trees of one run (under the cache's ``worktrees/``, removed by ``close``):
+    one per source and patch queue, checked out and patched once, shared by the components built
+    from it. Thread-safe."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        parent = cache_root() / "worktrees"
+        parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+        self._once: Once[PatchedTree] = Once()
+
+    def tree(self, source: Source, who: str) -> PatchedTree:
+        """The tree of ``source`` with its queue applied (``who``: the component, for messages)."""
+        resolved = self.resolver.resolve(source)
+        key = f"{source.name}-{queue_hash(source.patches)[:12]}"
+
+        def make() -> PatchedTree:
+            return apply_queue(checkout(resolved, self.root / key), source.patches, resolved, who)
+
+        return self._once.get(key, make)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
