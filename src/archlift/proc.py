@@ -11,7 +11,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,28 +71,3 @@ def run(
             + tail(proc.stderr or proc.stdout)
         )
     return result
-
-
-def stream(
-    argv: Sequence[str],
-    on_line: Callable[[str], None],
-    *,
-    cwd: Path | str | None = None,
-    env: Mapping[str, str] | None = None,
-    keep: int = 40,
-) -> Result:
-    """Run ``argv``, handing each line of its stderr to ``on_line`` as it comes (for progress);
-    returns the result with the last ``keep`` lines of stderr. Never raises on a non-zero exit."""
-    which(argv[0])
-    log.debug("+ %s", shlex.join(argv))
-    full_env = {**os.environ, **env} if env else None
-    proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None and proc.stdout is not None
-    lines: list[str] = []
-    for line in proc.stderr:
-        lines = [*lines[-(keep - 1) :], line.rstrip("\n")]
-        on_line(line.rstrip("\n"))
-    out = proc.stdout.read()
-    return Result(tuple(argv), proc.wait(), out, "\n".join(lines))

@@ -35,7 +35,7 @@ from ..errors import BuildError, ConfigError
 from ..oci import Descriptor, Manifest
 from ..oci.layout import Layout
 from ..refs import Digest
-from ..steps.engine import BuildJob, bake_argv, bake_target
+from ..steps.engine import BuildJob, bake_target, failure_text
 
 Say = Callable[[str], None]
 
@@ -187,7 +187,7 @@ def verify_component(
 ) -> Result:
     """Build ``name`` twice from empty caches and compare the two OCI layouts (and, when ``released``
     names the platform manifests of a release, the rebuilt ones with them)."""
-    from ..proc import run
+    from .. import buildx
     from ..steps.decide import Bases, inputs_for, open_run, source_of
 
     comp = config.components.get(name)
@@ -207,12 +207,9 @@ def verify_component(
             bakefile, metadata = work / f"build{n}.bake.json", work / f"build{n}.metadata.json"
             bakefile.write_text(json.dumps(build_definition(job, config, attestations=attestations), indent=2))
             say(f"{name}: build {n} of 2 (no cache, SOURCE_DATE_EPOCH={epoch})")
-            run(
-                bake_argv(bakefile, metadata, [job.target], config),
-                error=BuildError,
-                context=f"{name}: reproducibility build {n}",
-                timeout=3600,
-            )
+            built = buildx.bake(bakefile, metadata, [job.target], builder=config.builder)
+            if built.returncode != 0:
+                raise BuildError(f"{name}: reproducibility build {n}: {failure_text(list(built.lines))}")
             try:
                 digests.append(Digest.parse(json.loads(metadata.read_text())[job.target]["containerimage.digest"]))
             except (OSError, KeyError, ValueError) as e:

@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(host: str, target: str, seconds: float) -> None:
+    from ..buildx import imagetools_platforms
     from ..lock import ReleaseLock
-    from ..proc import run
 
     lock = ReleaseLock.read(Path("dist/release.json"))
     _say(f"done in {seconds:.1f} s")
@@ -142,7 +142,5 @@ def _summary(host: str, target: str, seconds: float) -> None:
     print(f"  .cache/demo/             the registries' storage; they listened on {host} and {target.split('/')[0]}")
     _say("each index, as docker buildx imagetools inspect shows it")
     for rel in lock.components.values():
-        out = run(["docker", "buildx", "imagetools", "inspect", str(rel.ref)], context="inspecting").stdout
-        platforms = sorted({line.split()[-1] for line in out.splitlines() if line.strip().startswith("Platform:")})
-        print(f"  {rel.name:8} {', '.join(p for p in platforms if p != 'unknown/unknown')}")
+        print(f"  {rel.name:8} {', '.join(imagetools_platforms(str(rel.ref)))}")
     print("\nrun the demo again: nothing is rebuilt; every step checks and moves on")

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .. import buildx
 from ..config.model import Component, Config
 from ..errors import ArchliftError, BuildError, MirrorError
 from ..lock import ComponentRelease, PatchRecord, Upstream
@@ -211,6 +212,10 @@ class _Builds:
         return BuildJob(comp, decision.inputs, tree, self.trees.root / f"{comp.name}.oci")  # the OCI layout
 
     def run(self, jobs: list[BuildJob], limit: int) -> dict[str, Digest | BuildError]:
+        if not jobs:
+            return {}
+        # the builder, once: can it build every platform wanted, and is buildx new enough?
+        buildx.preflight(self.config.builder, sorted({str(p) for j in jobs for p in j.comp.platforms}))
         steps = bool(getattr(self.report, "wants_steps", False))  # BuildKit's step lines only for a live display
         results: dict[str, Digest | BuildError] = {}
         with ThreadPoolExecutor(max_workers=limit) as pushers:

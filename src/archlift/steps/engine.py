@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import buildx
 from ..config.model import Component, Config
 from ..errors import BuildError
-from ..proc import stream, tail
+from ..proc import tail
 from ..refs import Digest
 from ..ui import Reporter
 from .inputs import Inputs
@@ -106,14 +107,6 @@ def bake_target(
     return target
 
 
-def bake_argv(bakefile: Path, metadata: Path, targets: list[str], config: Config) -> list[str]:
-    """``docker buildx bake`` of ``targets`` in ``bakefile`` (plain progress, on the configured builder)."""
-    argv = ["docker", "buildx", "bake", "-f", str(bakefile), "--metadata-file", str(metadata), "--progress=plain"]
-    if config.builder:
-        argv += ["--builder", config.builder]
-    return [*argv, *targets]
-
-
 Exported = Callable[[BuildJob, Digest], None]  # a job whose layout blobs are written, and its top digest
 
 
@@ -158,11 +151,11 @@ def _run(
     jobs: list[BuildJob], config: Config, bakefile: Path, metadata: Path, watch: _Watch
 ) -> tuple[dict[str, Digest | BuildError], BuildError | None]:
     by_target = {j.target: j for j in jobs}
-    result = stream(bake_argv(bakefile, metadata, list(by_target), config), watch.line, keep=400)
+    result = buildx.bake(bakefile, metadata, list(by_target), builder=config.builder, on_line=watch.line)
     if result.returncode != 0:
         names = ", ".join(j.comp.name for j in jobs)
         return {}, BuildError(
-            f"{names}: {failure_text(result.stderr.splitlines())}",
+            f"{names}: {failure_text(list(result.lines))}",
             hint="the failing step and its output are above; nothing of this component was pushed or tagged",
         )
     data = json.loads(metadata.read_text())

@@ -2,8 +2,8 @@
 
 Each native runner builds its platform and pushes by digest (``archlift build
 --platform P``). ``merge`` combines the single-platform indexes of every
-component with ``docker buildx imagetools create --dry-run`` (platform
-manifests and their attestation manifests, digests untouched), pushes each
+component into one index (platform manifests and their attestation manifests,
+digests untouched, as ``docker buildx imagetools create`` does), pushes each
 merged index by digest, checks it, and only when every component merged
 moves the tags and writes the full ``dist/release.json``.
 """
@@ -11,13 +11,13 @@ moves the tags and writes the full ``dist/release.json``.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ..errors import BuildError, ConfigError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import OCI_INDEX, Manifest, RegistryClient
-from ..proc import run
 from ..refs import Digest
 from ..ui import Reporter, quiet
 from .release import move_tags
@@ -54,7 +54,7 @@ def _merge_one(name: str, parts: list[ComponentRelease], client: RegistryClient)
         if clash:
             raise BuildError(f"{name}: {', '.join(sorted(clash))} built by more than one partial lock")
         platforms.update(part.platforms)
-    raw = _imagetools_index([str(p.ref) for p in parts], name)
+    raw = merged_index(parts, client)
     digest = client.put_manifest(first.ref.with_digest(Digest.of(raw)), raw, OCI_INDEX)
     merged = Manifest.of(raw, OCI_INDEX)
     listed = {str(d.platform): d.digest for d in merged.descriptors() if d.platform and not d.is_attestation}
@@ -96,11 +96,16 @@ def _check_consistent(name: str, parts: list[ComponentRelease]) -> None:
                 )
 
 
-def _imagetools_index(sources: list[str], name: str) -> bytes:
-    """The index ``imagetools create`` would push for ``sources`` (nothing is pushed or tagged)."""
-    out = run(
-        ["docker", "buildx", "imagetools", "create", "--dry-run", *sources],
-        error=BuildError,
-        context=f"{name}: merging {len(sources)} platform index(es)",
-    ).stdout
-    return out.strip().encode()
+def merged_index(parts: Sequence[ComponentRelease], client: RegistryClient) -> bytes:
+    """One OCI index over the entries of every partial index, in the partial locks' order, each entry
+    as it was (platform manifests, and the attestation manifests with the annotations that tie them
+    to their subject): what ``docker buildx imagetools create`` makes of them, without a push."""
+    entries: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for part in parts:
+        for entry in client.get_manifest(part.ref).json().get("manifests") or ():
+            if isinstance(entry, dict) and str(entry.get("digest")) not in seen:
+                seen.add(str(entry.get("digest")))
+                entries.append(entry)
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    return json.dumps(doc, indent=2).encode()
