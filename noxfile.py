@@ -1,8 +1,11 @@
 """nox sessions: thin wrappers over ``python -m archlift ...`` (pass options after --).
 
 nox -s demo                      the whole demo release against local registries
-nox -s tests                     unit and integration tests (real engine and registries)
-nox -s lint                      ruff, mypy, and the workflow linters
+nox -s tests                     every tier: unit, integration, e2e
+nox -s unit                      no Docker, no network: seconds
+nox -s integration               against real registries (distribution, a hostile test server)
+nox -s e2e                       the real engine: buildx builds, the demo's upstreams, the host set-up
+nox -s lint                      ruff, mypy, shellcheck, and the workflow linters
 nox -s build-images -- [CONFIG]  build, push by digest, tag, write dist/release.json
 nox -s render-manifests          dist/manifests/ from the lock
 nox -s publish-manifests -- --to REGISTRY/REPO[:TAG]
@@ -20,7 +23,9 @@ import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-PYTHON = "3.11"
+# No python= on the sessions: they use the interpreter nox runs with (the system python of
+# Debian 12 or Ubuntu 24.04 when nox is the distribution's package, as setup-host.sh installs it).
+TIERS = ("unit", "integration", "e2e")
 
 
 def _install(session: nox.Session, *extras: str) -> None:
@@ -32,26 +37,52 @@ def _archlift(session: nox.Session, *args: str) -> None:
     session.run("python", "-m", "archlift", *args, *session.posargs)
 
 
-@nox.session(python=PYTHON)
+def _pytest(session: nox.Session, *paths: str) -> None:
+    _install(session, "test")
+    workers = os.environ.get("ARCHLIFT_TEST_WORKERS", "2")
+    session.run("pytest", "-q", "-n", workers, *(session.posargs or paths))
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
-    """All tests: unit tests and integration tests against the real engine and registries."""
-    _install(session, "test", "lint")  # the workflow tests run actionlint and zizmor
-    session.run("pytest", "-q", "-n", os.environ.get("ARCHLIFT_TEST_WORKERS", "2"), *session.posargs)
+    """Every tier: unit (no Docker), integration (real registries), e2e (real buildx)."""
+    _pytest(session, "tests")  # tests/unit, tests/integration, tests/e2e
 
 
-@nox.session(python=PYTHON)
+def _tier_session(tier: str, doc: str) -> Callable[[nox.Session], None]:
+    def session(session: nox.Session) -> None:
+        _pytest(session, f"tests/{tier}")
+
+    session.__doc__ = doc
+    return session
+
+
+for _tier, _doc in zip(
+    TIERS,
+    (
+        "unit tests: no Docker, no network (seconds)",
+        "integration tests: real registries on loopback, and a hostile test server",
+        "end-to-end tests: the real engine (buildx builds), git upstreams, the host set-up",
+    ),
+    strict=True,
+):
+    nox.session(name=_tier)(_tier_session(_tier, _doc))
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format), mypy --strict, and the workflow linters (actionlint, zizmor)."""
+    """ruff (lint and format), mypy --strict, shellcheck, and the workflow linters (actionlint, zizmor)."""
     _install(session, "lint")
     session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
     session.run("mypy")
+    session.run("shellcheck", "scripts/setup-host.sh", ".ci/run")
     if os.path.isdir(".github/workflows"):
         session.run("zizmor", "--offline", ".github/workflows")
         session.run("actionlint", external=True)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def demo(session: nox.Session) -> None:
     """The demo: its own registries, seeded bases, build, render, publish, mirror, verify."""
     _install(session)
@@ -79,10 +110,10 @@ def _step_session(command: str) -> Callable[[nox.Session], None]:
 
 
 for _name, _command in STEPS.items():
-    nox.session(name=_name, python=PYTHON)(_step_session(_command))
+    nox.session(name=_name)(_step_session(_command))
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def release(session: nox.Session) -> None:
     """The whole release: build-images, render-manifests, publish-manifests, sign, report.
 
