@@ -128,7 +128,11 @@ def test_a_mirror_without_the_pinned_commit_fails_once_with_gits_whole_message(
 
 
 def test_a_failed_build_begins_with_its_error(
-    tmp_path: Path, docker_ready: None, registry: LocalRegistry, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    docker_ready: None,
+    registry: LocalRegistry,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     up, _ = _upstream(tmp_path)
     (up / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /\nRUN exit 3\n")
@@ -137,10 +141,15 @@ def test_a_failed_build_begins_with_its_error(
     config = _config(tmp_path, registry, up, _git("rev-parse", "HEAD", cwd=up))
     text = config.read_text().replace("ref: v1.0.0", "ref: v2.0.0").replace("cache: {type: none}\n", "")
     config.write_text(text)  # a registry cache that does not exist yet: BuildKit prints its import first
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     status = main(["build", str(config)])
     out, err = capsys.readouterr()
     assert status == 5
-    failure = err[err.index("one failed:") :]
+    # under GitHub Actions: each step folded, the failure an annotation (one line, newlines escaped)
+    assert "::group::build: bake, push by digest, verify\n" in err and "::endgroup::" in err
+    annotation = next(line for line in err.splitlines() if line.startswith("::error "))
+    assert annotation.startswith("::error title=one failed::one: process ") and "%0A" in annotation
+    failure = err[err.index("\none failed:") + 1 :]
     first = failure.splitlines()[0]
     assert first.startswith("one failed: build: one: process") and "did not complete successfully" in first, first
     assert "step [" in failure and "RUN exit 3" in failure and "Dockerfile:3" in failure

@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ArchliftError as e:
         print(e.render(), file=sys.stderr)
+        from .ui import annotate_error
+
+        annotate_error(f"archlift {args.command}: {e.title}", e.message + (f"\n{e.hint}" if e.hint else ""))
         return e.exit_code
     except KeyboardInterrupt:
         print("archlift: interrupted; nothing was tagged that was not complete", file=sys.stderr)

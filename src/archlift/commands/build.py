@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..steps.build import build
     from ..steps.decide import decide, open_run
     from ..steps.release import release
-    from ..ui import reporter
+    from ..ui import group, reporter
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -71,19 +71,28 @@ def run(args: argparse.Namespace) -> int:
         reporter(rows, silent=args.quiet or args.json) as report,
         open_run(config, lock=previous, refresh=args.refresh) as run,
     ):
-        decisions = decide(
-            plan, client=run.client, resolver=run.resolver, trees=run.trees, force=args.force, jobs=jobs, report=report
-        )
-        results = build(decisions, config=config, client=run.client, trees=run.trees, report=report, jobs=jobs)
-        result = release(
-            results,
-            config=config,
-            client=run.client,
-            previous=previous,
-            lock_path=args.lock,
-            by_digest=by_digest,
-            report=report,
-        )
+        with group("decide: build, skip or copy each component"):
+            decisions = decide(
+                plan,
+                client=run.client,
+                resolver=run.resolver,
+                trees=run.trees,
+                force=args.force,
+                jobs=jobs,
+                report=report,
+            )
+        with group("build: bake, push by digest, verify"):
+            results = build(decisions, config=config, client=run.client, trees=run.trees, report=report, jobs=jobs)
+        with group("release: move the tags, write the lock"):
+            result = release(
+                results,
+                config=config,
+                client=run.client,
+                previous=previous,
+                lock_path=args.lock,
+                by_digest=by_digest,
+                report=report,
+            )
     if args.json:
         print_json(_json(result, args.lock))
     else:
@@ -119,7 +128,7 @@ def _json(result: RunResult, lock: Path) -> dict[str, object]:
 
 
 def _print_summary(result: RunResult, lock: Path) -> None:
-    from ..ui import step_summary, table
+    from ..ui import annotate_error, step_summary, table
 
     rows = []
     for r in result.results:
@@ -140,6 +149,7 @@ def _print_summary(result: RunResult, lock: Path) -> None:
         print(f"\n{name} failed: {error.title}: " + error.message.replace("\n", "\n  "), file=sys.stderr)
         if error.hint:
             print(f"  {error.hint}", file=sys.stderr)
+        annotate_error(f"{name} failed", error.message + (f"\n{error.hint}" if error.hint else ""))
     if result.ok and result.lock and result.lock.partial_platform:
         print(
             f"\npartial release ({result.lock.partial_platform}) pushed by digest; no tag moved; partial lock: {lock}"

@@ -93,12 +93,15 @@ class RichProgress:
     def __init__(self, what: str) -> None:
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+        from ..ui import console
+
         self._progress = Progress(
             "[progress.description]{task.description}",
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             transient=True,
+            console=console(),
         )
         self._task = self._progress.add_task(what, total=None)
 
