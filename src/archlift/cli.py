@@ -18,6 +18,7 @@ from .errors import ArchliftError
 # registers it, in the order --help lists them.
 COMMANDS: dict[str, str] = {
     "validate": "validate",
+    "schema": "schema",
     "plan": "plan",
     "build": "build",
     "merge": "merge",

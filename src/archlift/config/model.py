@@ -32,9 +32,10 @@ _SAMPLE = {
     "inputs": "0" * 12,
     "patches": "0" * 12,
 }
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"
+_NAME_RE = re.compile(NAME_PATTERN)
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_CONTEXT_PREFIXES = ("docker-image://", "oci-layout://", "target:", "https://", "http://", "git@", "git://")
+CONTEXT_PREFIXES = ("docker-image://", "oci-layout://", "target:", "https://", "http://", "git@", "git://")
 
 TOP_KEYS = (
     "archlift",
@@ -53,6 +54,9 @@ TOP_KEYS = (
 SOURCE_KEYS = ("git", "path", "ref", "commit", "patches", "build")
 COMPONENT_KEYS = ("image", "source", "mirror", "patches", "build", "platforms", "tags", "replaces", "description")
 BUILD_KEYS = ("context", "dockerfile", "dockerfile_local", "target", "args", "contexts")
+CACHE_KEYS = ("type", "repository")
+MANIFESTS_KEYS = ("templates", "values", "upstream")
+UPSTREAM_KEYS = ("path", "source")
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,7 @@ def _contexts(f: Field) -> dict[str, str]:
     out = {}
     for name, value in f.items():
         text = value.nonempty()
-        if not text.startswith(_CONTEXT_PREFIXES) and not text.startswith(("./", "../", "/")):
+        if not text.startswith(CONTEXT_PREFIXES) and not text.startswith(("./", "../", "/")):
             raise value.error(
                 f"'{text}' is not a build context",
                 "use docker-image://REF, oci-layout://PATH, target:STAGE, a URL, or a local path starting with ./",
@@ -453,7 +457,7 @@ def _check_unique_images(components: dict[str, Component], f: Field) -> None:
 
 
 def _cache(f: Field) -> CacheConfig:
-    fields = f.mapping(("type", "repository"))
+    fields = f.mapping(CACHE_KEYS)
     kind = fields["type"].nonempty() if "type" in fields else "registry"
     if kind not in ("registry", "none"):
         raise fields["type"].error(f"cache type '{kind}' is not supported", "use 'registry' or 'none'")
@@ -491,7 +495,7 @@ def _sbom_generator(top: dict[str, Field]) -> str:
 
 
 def _manifests(f: Field, root: Path, sources: dict[str, Source]) -> ManifestsConfig:
-    fields = f.mapping(("templates", "values", "upstream"))
+    fields = f.mapping(MANIFESTS_KEYS)
     templates = None
     if "templates" in fields:
         templates = (root / fields["templates"].nonempty()).resolve()
@@ -505,7 +509,7 @@ def _manifests(f: Field, root: Path, sources: dict[str, Source]) -> ManifestsCon
     upstream = []
     if "upstream" in fields:
         for item in fields["upstream"].sequence("a list of {path, source}"):
-            entry = item.mapping(("path", "source"))
+            entry = item.mapping(UPSTREAM_KEYS)
             if "path" not in entry:
                 raise item.error("an upstream manifest needs 'path'")
             source = entry["source"].nonempty() if "source" in entry else None
