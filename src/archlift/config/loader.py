@@ -94,6 +94,16 @@ class Field:
     def mapping(self, allowed: tuple[str, ...] | None = None) -> dict[str, Field]:
         return dict(self.items(allowed))
 
+    def key_fields(self) -> dict[str, Field]:
+        """The keys of a mapping as fields (where each key is written), in order."""
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.expected("a mapping")
+        return {
+            k.value: Field(k, f"{self.path}.{k.value}" if self.path else k.value, self.file)
+            for k, _ in self.node.value
+            if isinstance(k, yaml.ScalarNode)
+        }
+
     # --- scalars and lists ----------------------------------------------
     def is_null(self) -> bool:
         return isinstance(self.node, yaml.ScalarNode) and self.node.tag == "tag:yaml.org,2002:null"

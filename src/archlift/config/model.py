@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..refs import ImageRef, Platform, RefError, is_tag
+from ..refs import ImageRef, Platform, RefError, context_name, is_tag
 from .loader import Field, closest, compose
 
 FORMAT_VERSION = 1
@@ -62,7 +62,14 @@ class BuildSpec:
     dockerfile_local: Path | None = None  # a Dockerfile this repository supplies
     target: str | None = None
     args: dict[str, str] = field(default_factory=dict)
-    contexts: dict[str, str] = field(default_factory=dict)
+    contexts: dict[str, str] = field(default_factory=dict)  # key as written -> context
+    # key -> "file:line:col: field path" in images.yaml, for errors found once the Dockerfile is read
+    context_locations: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def named_contexts(self) -> dict[str, str]:
+        """The contexts keyed by the names BuildKit looks them up by (refs.context_name): what bake gets."""
+        return {context_name(k): v for k, v in self.contexts.items()}
 
 
 @dataclass(frozen=True)
@@ -301,13 +308,41 @@ def _build(f: Field | None, defaults: dict[str, Any], root: Path) -> BuildSpec:
     if "args" in data:
         spec["args"] = data["args"].string_map()
     if "contexts" in data:
-        spec["contexts"] = _contexts(data["contexts"])
-    return BuildSpec(**spec)
+        spec["contexts"], spec["context_locations"] = _contexts(data["contexts"])
+    build = BuildSpec(**spec)
+    if build.dockerfile_local and build.contexts and not any("{" in v for v in build.args.values()):
+        # a Dockerfile of this repository: its named contexts are checked now (a build arg with a
+        # tag field such as {version} has its value only when the build is planned: checked then)
+        from ..steps.dockerfile import check_contexts
+
+        local_field = data["dockerfile_local"]
+        try:
+            text = build.dockerfile_local.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise local_field.error(f"cannot read the Dockerfile '{build.dockerfile_local}' ({e})") from None
+        check_contexts(text, build.args, build)
+    return build
 
 
-def _contexts(f: Field) -> dict[str, str]:
-    out = {}
-    for name, value in f.items():
+def _contexts(f: Field) -> tuple[dict[str, str], dict[str, str]]:
+    """Named contexts (key -> context) and where each key is written."""
+    out: dict[str, str] = {}
+    where: dict[str, str] = {}
+    seen: dict[str, str] = {}  # the name BuildKit looks up -> key
+    for (name, value), key_field in zip(f.items(), f.key_fields().values(), strict=True):
+        try:
+            looked_up = context_name(name)
+        except RefError as e:
+            raise key_field.error(
+                f"'{name}' is not a name a Dockerfile can use for a named context ({e})",
+                "name it as the FROM line does (an image reference or a stage name)",
+            ) from None
+        if looked_up in seen:
+            raise key_field.error(
+                f"'{name}' and '{seen[looked_up]}' name the same context (BuildKit looks both up as '{looked_up}')",
+                "keep one of them",
+            )
+        seen[looked_up] = name
         text = value.nonempty()
         if not text.startswith(_CONTEXT_PREFIXES) and not text.startswith(("./", "../", "/")):
             raise value.error(
@@ -320,7 +355,8 @@ def _contexts(f: Field) -> dict[str, str]:
             except RefError as e:
                 raise value.error(str(e)) from None
         out[name] = text
-    return out
+        where[name] = f"{key_field.where()}: {key_field.path}"
+    return out, where
 
 
 def _patches(f: Field, root: Path) -> tuple[Path, ...]:

@@ -35,7 +35,7 @@ from ..oci.layout import Layout, push_tree
 from ..plan import Plan, PlannedComponent
 from ..refs import Digest, ImageRef, Platform, RefError
 from . import inputs as inputs_mod
-from .dockerfile import external_images
+from .dockerfile import check_contexts, external_images
 from .engine import BuildJob, bake
 from .inputs import BuildRecord, Inputs
 from .patches import PatchedTree, apply_queue, file_sha256, queue_hash
@@ -195,6 +195,7 @@ def inputs_for(ws: Workspace, comp: Component) -> tuple[Inputs, ResolvedSource, 
     values = inputs_mod.tag_values(comp, resolved, patch_hash, "")
     args = {k: inputs_mod.expand(v, values) for k, v in comp.build.args.items()}
     text = _dockerfile_text(ws, comp, resolved)
+    check_contexts(text, args, comp.build)
     bases = _resolve_bases(ws, comp, external_images(text, args, comp.build.contexts))
     return inputs_mod.compute(comp, ws.config, resolved, patch_hash, bases, args), resolved, patch_hash
 
