@@ -20,12 +20,13 @@ comes out. Nothing here looks at images.yaml or the registry.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,24 @@ class Document:
 
 
 @dataclass(frozen=True)
+class ImageReference:
+    """One reference to an image of the release in the output: a container's image, or a
+    string that names it (an argument, ConfigMap data)."""
+
+    image: str  # as written in the output
+    component: str
+    where: str  # the document and the field path
+
+    @property
+    def pinned(self) -> bool:
+        return "@" in self.image
+
+
+@dataclass(frozen=True)
 class Rendered:
     documents: tuple[Document, ...]  # in output order
     files: tuple[tuple[str, bytes], ...]  # (file name, bytes), sorted by name
+    references: tuple[ImageReference, ...] = ()  # every reference to a release image, in output order
 
     def write(self, out: Path) -> list[Path]:
         """Replace ``out`` with exactly these files (built aside, then swapped in)."""
@@ -282,8 +298,14 @@ def _template_frame(exc: BaseException, templates: Path) -> tuple[str, int] | No
     return found
 
 
-def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, Any]) -> list[Document]:
-    """Every document of every template and plain YAML file; all template errors at once."""
+TEMPLATE_HINT = (
+    "templates see release.<component>.{ref,digest,repository,tags,version,platforms}, "
+    "values.<key> and image('<component>')"
+)
+
+
+def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, Any]) -> tuple[list[Document], list[str]]:
+    """Every document of every template and plain YAML file, and every template problem."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
@@ -320,13 +342,7 @@ def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, An
             docs += _documents((templates / name).read_text(), name, shown, "line")
         except ConfigError as e:
             problems.append(e.message)
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} template problem(s) in {_display(templates)}:\n  " + "\n  ".join(problems),
-            hint="templates see release.<component>.{ref,digest,repository,tags,version,platforms}, "
-            "values.<key> and image('<component>')",
-        )
-    return docs
+    return docs, problems
 
 
 def _documents(text: str, source: str, label: str, where: str) -> list[Document]:
@@ -347,6 +363,7 @@ class ImageMap:
     it applies to every ``image:`` field. ``by_text``: a literal (a placeholder such as
     ``RECONCILER_IMAGE``, or a reference with a '/') -> component; it also applies inside
     any other string (args, ConfigMap data), with an optional ``:tag``/``@digest`` after it.
+    A component may be missing from the lock: that is an error only where a document uses it.
     """
 
     by_name: Mapping[str, str]
@@ -362,11 +379,6 @@ class ImageMap:
             if c.source_image:
                 pairs.append((c.source_image, name))
         for text, component in pairs:
-            if component not in lock.components:
-                raise ConfigError(
-                    f"'{text}' is to be replaced by component '{component}', which the release lock does not have",
-                    hint="build (or merge) a lock that includes every component",
-                )
             try:
                 ref = ImageRef.parse(text)
             except RefError:
@@ -380,71 +392,114 @@ class ImageMap:
         return cls(by_name, by_text)
 
     def _pattern(self) -> re.Pattern[str] | None:
-        if not self.by_text:
-            return None
-        alternatives = "|".join(re.escape(t) for t in sorted(self.by_text, key=lambda t: (-len(t), t)))
-        return re.compile(
-            rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])"
-        )
+        return _names_pattern(self.by_text) if self.by_text else None
 
 
-def rewrite_images(body: Any, lock: ReleaseLock, images: ImageMap) -> tuple[Any, int]:
-    """``body`` with our images pinned by digest; also how many references were rewritten."""
+def _names_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    """Any of ``names`` standing alone in a string, with an optional ``:tag`` and ``@digest`` after it."""
+    alternatives = "|".join(re.escape(t) for t in sorted(names, key=lambda t: (-len(t), t)))
+    return re.compile(rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])")
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A reference an upstream manifest makes to a component the release lock does not have."""
+
+    path: str  # field path in the document
+    text: str  # the reference as the upstream writes it
+    component: str
+    document: str = ""  # Document.where
+
+    def __str__(self) -> str:
+        return f"{self.document}: {self.path}: '{self.text}' is component '{self.component}'"
+
+
+def rewrite_images(body: Any, lock: ReleaseLock, images: ImageMap) -> tuple[Any, int, list[Missing]]:
+    """``body`` with our images pinned by digest; how many references were rewritten; and the
+    references to components the lock does not have (left as they are)."""
     pattern = images._pattern()
     count = 0
+    missing: list[Missing] = []
 
-    def pinned(component: str) -> str:
+    def pinned(component: str, found: str, path: str) -> str:
+        nonlocal count
+        if component not in lock.components:
+            missing.append(Missing(path, found, component))
+            return found
+        count += 1
         return str(lock.components[component].ref)
 
-    def text(value: str) -> str:
-        nonlocal count
+    def text(value: str, path: str) -> str:
         if pattern is None:
             return value
+        return pattern.sub(lambda m: pinned(images.by_text[m.group(1)], m.group(0), path), value)
 
-        def sub(m: re.Match[str]) -> str:
-            nonlocal count
-            count += 1
-            return pinned(images.by_text[m.group(1)])
-
-        return pattern.sub(sub, value)
-
-    def image(value: str) -> str:
-        nonlocal count
+    def image(value: str, path: str) -> str:
         if value in images.by_text:
-            count += 1
-            return pinned(images.by_text[value])
+            return pinned(images.by_text[value], value, path)
         try:
             ref = ImageRef.parse(value)
         except RefError:
-            return text(value)
+            return text(value, path)
         if ref.name in images.by_name:
-            count += 1
-            return pinned(images.by_name[ref.name])
+            return pinned(images.by_name[ref.name], value, path)
         return value
 
-    def walk(node: Any, key: str | None) -> Any:
+    def walk(node: Any, path: str, key: str | None) -> Any:
         if isinstance(node, dict):
-            return {k: walk(v, str(k)) for k, v in node.items()}
+            return {k: walk(v, f"{path}.{k}" if path else str(k), str(k)) for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(v, None) for v in node]
+            return [walk(v, f"{path}[{i}]", None) for i, v in enumerate(node)]
         if isinstance(node, str):
-            return image(node) if key == "image" else text(node)
+            return image(node, path) if key == "image" else text(node, path)
         return node
 
-    return walk(body, None), count
+    return walk(body, "", None), count, missing
 
 
-def load_upstream(files: Sequence[UpstreamFile], lock: ReleaseLock, images: ImageMap) -> list[Document]:
+def load_upstream(
+    files: Sequence[UpstreamFile], lock: ReleaseLock, images: ImageMap
+) -> tuple[list[Document], list[Missing]]:
+    """The upstream documents with our images pinned, and every reference to a component the
+    lock does not have (all of them, in every file)."""
     docs: list[Document] = []
+    missing: list[Missing] = []
     for f in files:
         try:
             content = f.path.read_text()
         except OSError as e:
             raise ConfigError(f"{f.label}: cannot read the upstream manifest {f.path}: {e.strerror}") from None
         for doc in _documents(content, f.label, f.label, "line"):
-            body, _ = rewrite_images(doc.body, lock, images)
+            body, _, found = rewrite_images(doc.body, lock, images)
             docs.append(Document(doc.source, doc.index, body))
-    return docs
+            missing += [dataclasses.replace(m, document=doc.where) for m in found]
+    return docs, missing
+
+
+def image_references(docs: Sequence[Document], lock: ReleaseLock) -> list[ImageReference]:
+    """Every reference to an image of the release in ``docs``: any string that names a component's
+    repository (with or without tag or digest), container images and other fields alike."""
+    by_repo = {c.repository: name for name, c in lock.components.items()}
+    if not by_repo:
+        return []
+    pattern = _names_pattern(by_repo)
+    out: list[ImageReference] = []
+
+    def walk(node: Any, path: str, doc: Document) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k), doc)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]", doc)
+        elif isinstance(node, str):
+            out.extend(
+                ImageReference(m.group(0), by_repo[m.group(1)], f"{doc.where}: {path}") for m in pattern.finditer(node)
+            )
+
+    for doc in docs:
+        walk(doc.body, "", doc)
+    return out
 
 
 # --- complete or refuse -----------------------------------------------------------------
@@ -566,11 +621,15 @@ def render(
     kubernetes_version = check_kubernetes_version(kubernetes_version)
     images = ImageMap.build(lock, replacements or {})
     docs: list[Document] = []
+    template_problems: list[str] = []
     if templates is not None:
         if not templates.is_dir():
             raise ConfigError(f"{_display(templates)}: the templates directory does not exist")
-        docs += render_templates(templates, lock, values or {})
-    docs += load_upstream(upstream, lock, images)
+        docs, template_problems = render_templates(templates, lock, values or {})
+    upstream_docs, missing = load_upstream(upstream, lock, images)
+    docs += upstream_docs
+    if template_problems or missing:
+        _refuse(template_problems, missing, templates)
     if not docs:
         raise ConfigError("nothing to render: no templates and no upstream manifests produced a document")
 
@@ -603,7 +662,24 @@ def render(
             raise ConfigError(f"{doc.where} and {owners[name].where} would both be written to {name}")
         files[name] = dump_document(doc.body)
         owners[name] = doc
-    return Rendered(tuple(docs), tuple(sorted(files.items())))
+    return Rendered(tuple(docs), tuple(sorted(files.items())), tuple(image_references(docs, lock)))
+
+
+def _refuse(template_problems: list[str], missing: list[Missing], templates: Path | None) -> None:
+    """One error for every template problem and every reference to a component the lock lacks."""
+    parts, hints = [], []
+    if template_problems:
+        where = _display(templates) if templates else "the templates"
+        parts.append(f"{len(template_problems)} template problem(s) in {where}:\n  " + "\n  ".join(template_problems))
+        hints.append(TEMPLATE_HINT)
+    if missing:
+        components = sorted({m.component for m in missing})
+        parts.append(
+            f"{len(missing)} reference(s) in the upstream manifests to component(s) the release lock does not "
+            f"have ({', '.join(components)}):\n  " + "\n  ".join(map(str, missing))
+        )
+        hints.append("build (or merge) a lock that includes them, or leave out of the install what references them")
+    raise ConfigError("\n".join(parts), hint="; ".join(hints))
 
 
 def _duplicates(docs: Sequence[Document]) -> list[str]:
