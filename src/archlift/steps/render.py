@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import kubernetes_validate
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from ..config.loader import BoundedLoader, YAMLBudgetError
 from ..errors import ConfigError
 from ..lock import ComponentRelease, ReleaseLock
 from ..refs import ImageRef, RefError
@@ -59,8 +61,8 @@ _MAX_PROBLEMS = 50
 
 
 # --- YAML in and out ----------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without timestamps: an unquoted date stays the string it is in the file."""
+class _Loader(BoundedLoader):
+    """The bounded SafeLoader without timestamps: an unquoted date stays the string it is in the file."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -105,7 +107,8 @@ def load_documents(text: str, label: str, where: str = "line") -> list[tuple[int
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f"{where} {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{label}: {line}not valid YAML: {e.problem or e.context}") from None
+        what = "" if isinstance(e, YAMLBudgetError) else "not valid YAML: "
+        raise ConfigError(f"{label}: {line}{what}{e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{label}: not valid YAML: {e}") from None
     return [(i, d) for i, d in enumerate(docs) if d is not None]
@@ -267,6 +270,57 @@ def _image_helper(lock: ReleaseLock) -> Callable[[str], str]:
 
 
 # --- templates ------------------------------------------------------------------------
+MAX_RENDERED = 16 << 20  # characters one template may produce
+MAX_SEQUENCE = 1 << 20  # items or characters a '*' in a template may make
+MAX_EXPONENT = 1024
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Templates come from pull requests: jinja2's immutable sandbox (no attribute that starts
+    with '_', no Python internals, no call that changes ``values`` or ``release``; ``range`` is
+    bounded), and '*' and '**' bounded, so one expression cannot ask for gigabytes."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        small_base = isinstance(left, float) or (isinstance(left, int) and abs(left) <= 1)
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT and not small_base:
+            raise jinja2.exceptions.SecurityError(f"the exponent {right} is larger than {MAX_EXPONENT}")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
+                    raise jinja2.exceptions.SecurityError(
+                        f"'*' would make {len(seq) * n} items (at most {MAX_SEQUENCE})"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+
+class _ContainedLoader(jinja2.FileSystemLoader):
+    """Templates and what they include, from inside the templates directory only (no symlink out)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        roots = [Path(p).resolve() for p in self.searchpath]
+        if not any(Path(filename).resolve().is_relative_to(root) for root in roots):
+            raise jinja2.exceptions.SecurityError(f"'{template}' leads outside the templates directory")
+        return source, filename, uptodate
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _bounded(chunks: Iterator[str]) -> str:
+    """A template's output, refused past MAX_RENDERED characters."""
+    out, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED:
+            raise _TooLarge(f"the template produces more than {MAX_RENDERED} characters; refused")
+        out.append(chunk)
+    return "".join(out)
+
+
 def _display(path: Path) -> str:
     """``path`` relative to the working directory when it is below it, else as it is."""
     absolute = Path(os.path.abspath(path))
@@ -306,8 +360,8 @@ TEMPLATE_HINT = (
 
 def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, Any]) -> tuple[list[Document], list[str]]:
     """Every document of every template and plain YAML file, and every template problem."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+    env = _Sandbox(
+        loader=_ContainedLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -320,10 +374,13 @@ def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, An
         shown = _display(templates / name)
         try:
             template = env.get_template(name)
-            text = template.render()
+            text = _bounded(template.generate())
         except jinja2.TemplateSyntaxError as e:
             where = _display(Path(e.filename)) if e.filename else shown
             problems.append(f"{where}:{e.lineno}: template syntax error: {e.message}")
+            continue
+        except _TooLarge as e:
+            problems.append(f"{shown}: {e}")
             continue
         except Exception as e:  # an error raised while rendering: name the template line
             frame = _template_frame(e, templates)
@@ -338,6 +395,9 @@ def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, An
             problems.append(e.message)
     for name in plain_names:
         shown = _display(templates / name)
+        if not (templates / name).resolve().is_relative_to(templates.resolve()):
+            problems.append(f"{shown}: leads outside the templates directory (a symbolic link)")
+            continue
         try:
             docs += _documents((templates / name).read_text(), name, shown, "line")
         except ConfigError as e:
