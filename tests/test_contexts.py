@@ -196,6 +196,24 @@ def test_an_unused_context_key_is_refused_at_validate_with_the_closest_name(
     assert "docker.io/library/name" not in err.split("\n")[0]  # that key is used (FROM name:latest)
 
 
+def test_every_unused_key_is_named_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _local_config(
+        tmp_path,
+        "gcr.io/distroless/static:latest: docker-image://mirror.example/static:latest\n"
+        "busybox: docker-image://mirror.example/busybox:1\n",
+    )
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    dockerfile = tmp_path / "Dockerfile"
+    assert err.startswith(f"archlift: invalid input: 2 named contexts that {dockerfile} never uses:\n  {config}:8:9: ")
+    assert (
+        "uses the named context 'gcr.io/distroless/static:latest' (BuildKit looks it up as 'gcr.io/distroless/static');"
+        f" did you mean 'gcr.io/distroless/static:nonroot' (FROM, {dockerfile} line 2)?\n  {config}:9:9: "
+        f"components.app.build.contexts.busybox: no FROM, COPY --from or RUN --mount from= in {dockerfile} uses the "
+        "named context 'busybox'\n"
+    ) in err
+
+
 def test_two_keys_for_one_name_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _local_config(
         tmp_path,

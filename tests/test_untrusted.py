@@ -219,9 +219,9 @@ def test_an_alias_bomb_in_images_yaml_values_is_refused_at_load(
 @pytest.mark.parametrize(
     ("text", "problem", "line"),
     [
-        ("a: &a [1, *a]\n", "alias *a refers to the node that contains it", 1),
+        ("a: &a [1, *a]\n", "alias *a refers to the node that contains it\n  write the YAML out without", 1),
         ("a:\n  b: &x {c: *x}\n", "alias *x refers to the node that contains it", 2),
-        ("x: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n", f"nested deeper than {MAX_DEPTH} levels", 1),
+        ("x: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n", f"deeper than {MAX_DEPTH} levels\n  flatten", 1),
     ],
     ids=["recursive", "recursive-nested", "deep"],
 )
@@ -230,7 +230,7 @@ def test_recursive_and_deep_yaml_is_refused(
 ) -> None:
     path = tmp_path / "install.yaml"
     path.write_text(text)
-    assert problem in _refused(capsys, ["audit", str(path)])
+    assert problem.split("\n")[0] in _refused(capsys, ["audit", str(path)])
     config = tmp_path / "images.yaml"
     config.write_text(text)
     err = _refused(capsys, ["validate", str(config)])

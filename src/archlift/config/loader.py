@@ -40,10 +40,12 @@ _TAGS = {
 
 ALIAS_BUDGET = 100_000  # nodes that aliases may add to one YAML stream
 MAX_DEPTH = 100  # nesting levels
+_NO_ALIASES = "write the YAML out without anchors and aliases"
 
 
 class YAMLBudgetError(yaml.composer.ComposerError):
-    """YAML refused for its shape (aliases expanding too far, a recursive alias, nesting too deep)."""
+    """YAML refused for its shape (aliases expanding too far, a recursive alias, nesting too deep);
+    ``note`` says what to do."""
 
 
 class BoundedLoader(yaml.SafeLoader):
@@ -65,7 +67,9 @@ class BoundedLoader(yaml.SafeLoader):
         mark: Any = event.start_mark
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open:
-                raise YAMLBudgetError(None, None, f"alias *{event.anchor} refers to the node that contains it", mark)
+                raise YAMLBudgetError(
+                    None, None, f"alias *{event.anchor} refers to the node that contains it", mark, _NO_ALIASES
+                )
             target = self.anchors.get(event.anchor)
             if target is not None:
                 self._expanded += self._size(target)
@@ -76,11 +80,12 @@ class BoundedLoader(yaml.SafeLoader):
                         f"aliases expand this YAML beyond {ALIAS_BUDGET} nodes (at *{event.anchor}); "
                         "archlift refuses it (an alias bomb?)",
                         mark,
+                        _NO_ALIASES,
                     )
             return super().compose_node(parent, index)
         anchor = getattr(event, "anchor", None)
         if self._depth >= MAX_DEPTH:
-            raise YAMLBudgetError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            raise YAMLBudgetError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark, "flatten the structure")
         self._depth += 1
         if anchor:
             self._open.add(anchor)
@@ -273,7 +278,7 @@ def compose(path: Path) -> Field:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = e.problem or e.context or "invalid YAML"
         if isinstance(e, YAMLBudgetError):
-            raise ConfigError(f"{where}: {problem}", hint="write the YAML out without anchors and aliases") from None
+            raise ConfigError(f"{where}: {problem}", hint=e.note or "") from None
         raise ConfigError(f"{where}: YAML syntax error: {problem}", hint="fix the YAML syntax at that spot") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {e}") from None

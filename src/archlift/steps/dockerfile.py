@@ -190,8 +190,9 @@ def check_contexts(text: str, args: Mapping[str, str], build: BuildSpec) -> None
             line += f"; did you mean '{use.name}' ({use.kind}, {dockerfile} line {use.line})?"
         lines.append(line)
     listed = ", ".join(sorted({u.name for u in names.values()})) or "none"
+    head = [f"{len(lines)} named contexts that {dockerfile} never uses:"] if len(lines) > 1 else []
     raise ConfigError(
-        "\n  ".join(lines),
+        "\n  ".join(head + lines),
         hint=f"a context is used only when its key names what the Dockerfile looks up ({listed}); "
         "docker.io/library/ and :latest are implied, as docker reads image names",
     )
