@@ -49,14 +49,13 @@ from archlift.steps.sources import ResolvedSource
         ("name@sha256:" + "a" * 64, "name@sha256:" + "a" * 64),
         ("name:latest@sha256:" + "a" * 64, "name:latest@sha256:" + "a" * 64),
         ("bins", "bins"),
-        ("docker.io/library/name:latest::linux/arm64", "name::linux/arm64"),
     ],
 )
 def test_context_name_is_buildkits_familiar_form_without_latest(text: str, looked_up: str) -> None:
     assert context_name(text) == looked_up
 
 
-@pytest.mark.parametrize("text", ["Name", "name::linux/arm65", "a b", ""])
+@pytest.mark.parametrize("text", ["Name", "name::linux/arm64", "a b", ""])
 def test_context_name_refuses_what_docker_cannot_parse(text: str) -> None:
     with pytest.raises(RefError):
         context_name(text)
@@ -232,6 +231,16 @@ def test_a_key_docker_cannot_parse_is_refused(tmp_path: Path, capsys: pytest.Cap
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"{config}:8:9: components.app.build.contexts.Name: 'Name' is not a name a Dockerfile can use" in err
+
+
+def test_a_context_for_one_platform_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _local_config(tmp_path, "name::linux/arm64: docker-image://mirror.example/name:1\n")
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{config}:8:9: components.app.build.contexts.name::linux/arm64: 'name::linux/arm64': a context for one "
+        "platform (NAME::PLATFORM) is not supported\n  give one context for every platform"
+    ) in err
 
 
 def test_used_keys_in_every_spelling_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,14 +149,11 @@ def context_name(text: str) -> str:
     an official image gets ``library/``, no tag means ``:latest``), writes it back in the
     familiar form and drops a final ``:latest``: ``gcr.io/distroless/static:latest``,
     ``docker.io/library/alpine`` and ``alpine:latest`` are looked up as
-    ``gcr.io/distroless/static``, ``alpine`` and ``alpine``. ``NAME::PLATFORM`` (a context
-    for one platform) keeps its platform. Raises :class:`RefError` for a name docker
-    cannot parse (BuildKit cannot look it up either)."""
-    name, sep, platform = text.partition("::")
-    if name.startswith(LEGACY_DEFAULT_DOMAIN + "/"):
-        name = DEFAULT_DOMAIN + name.removeprefix(LEGACY_DEFAULT_DOMAIN)
-    familiar = ImageRef.parse(name).familiar.removesuffix(":latest")
-    return f"{familiar}::{Platform.parse(platform)}" if sep else familiar
+    ``gcr.io/distroless/static``, ``alpine`` and ``alpine``. Raises :class:`RefError` for a
+    name docker cannot parse (BuildKit cannot look it up either)."""
+    if text.startswith(LEGACY_DEFAULT_DOMAIN + "/"):
+        text = DEFAULT_DOMAIN + text.removeprefix(LEGACY_DEFAULT_DOMAIN)
+    return ImageRef.parse(text).familiar.removesuffix(":latest")
 
 
 def is_tag(text: str) -> bool:

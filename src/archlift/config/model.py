@@ -330,6 +330,11 @@ def _contexts(f: Field) -> tuple[dict[str, str], dict[str, str]]:
     where: dict[str, str] = {}
     seen: dict[str, str] = {}  # the name BuildKit looks up -> key
     for (name, value), key_field in zip(f.items(), f.key_fields().values(), strict=True):
+        if "::" in name:
+            raise key_field.error(
+                f"'{name}': a context for one platform (NAME::PLATFORM) is not supported",
+                "give one context for every platform, such as docker-image:// of a multi-platform image",
+            )
         try:
             looked_up = context_name(name)
         except RefError as e:
