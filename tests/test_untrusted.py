@@ -254,3 +254,12 @@ def test_anchors_and_merge_keys_within_the_budget_still_work(
         "  b: {platforms: *p, mirror: 'busybox:1.37'}\n"
     )
     assert main(["validate", str(config)]) == 0, capsys.readouterr().err
+    (tmp_path / "t").mkdir()
+    config.write_text(
+        "components: {a: {mirror: 'busybox:1.36'}}\n"
+        "manifests: {templates: t, values: {common: &c {team: x}, web: {<<: *c, port: 80}, db: *c}}\n"
+    )
+    from archlift.config.model import load_config
+
+    values = load_config(config).manifests.values
+    assert values == {"common": {"team": "x"}, "web": {"team": "x", "port": 80}, "db": {"team": "x"}}

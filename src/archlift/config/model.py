@@ -17,7 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..refs import ImageRef, Platform, RefError, context_name, is_tag
-from .loader import Field, closest, compose
+from .loader import BoundedLoader, Field, closest, compose
 
 FORMAT_VERSION = 1
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -542,7 +542,8 @@ def _manifests(f: Field, root: Path, sources: dict[str, Source]) -> ManifestsCon
     if "values" in fields:
         if not fields["values"].is_mapping():
             raise fields["values"].expected("a mapping of values for the templates")
-        values = yaml.safe_load(yaml.serialize(fields["values"].node)) or {}
+        # the node passed the alias budget when composed; constructed with the same loader
+        values = yaml.load(yaml.serialize(fields["values"].node), Loader=BoundedLoader) or {}
     upstream = []
     if "upstream" in fields:
         for item in fields["upstream"].sequence("a list of {path, source}"):
