@@ -178,7 +178,7 @@ def test_plan_check_reads_the_lock_that_build_reads(
     assert main(["plan", str(config), "--check", "--json"]) == 0  # dist/release.json: no lock, no pin
     first = json.loads(capsys.readouterr().out)["components"][0]["decision"]
     assert first["action"] == "build", first
-    assert main(["plan", str(config), "--check", "--json", "--lock", str(lock)]) == 0
+    assert main(["plan", str(config), "--check", "--json", "--lock", str(lock)]) == 3  # as build exits
     decision = json.loads(capsys.readouterr().out)["components"][0]["decision"]
     status, result = _build(config, capsys, "--lock", str(lock))
     built = result["components"][0]  # type: ignore[index]

@@ -351,7 +351,16 @@ def test_custom_kinds_need_api_version_kind_and_name(lock: ReleaseLock, tmp_path
 
 
 # --- the command ----------------------------------------------------------------------------------
-def _project(tmp_path: Path, lock_file: Path, templates: dict[str, str] | None = None) -> Path:
+def _project(
+    tmp_path: Path,
+    lock_file: Path,
+    templates: dict[str, str] | None = None,
+    *,
+    components: str = "",
+    upstream: str = "",
+) -> Path:
+    """A project: images.yaml (with ``components`` added), the demo templates (or ``templates``),
+    the upstream install.yaml fixture (with ``upstream`` documents added) and ``lock_file``."""
     (tmp_path / "images.yaml").write_text(
         textwrap.dedent(
             """\
@@ -360,6 +369,11 @@ def _project(tmp_path: Path, lock_file: Path, templates: dict[str, str] | None =
               hello: {source: {path: .}, replaces: [example.com/upstream/hello]}
               toolbox: {source: {path: .}, replaces: [TOOLBOX_IMAGE]}
               busybox: {mirror: "busybox:1.35"}
+            """
+        )
+        + textwrap.indent(textwrap.dedent(components), "  ")
+        + textwrap.dedent(
+            """\
             manifests:
               templates: manifests/
               values: {namespace: archlift-demo}
@@ -368,7 +382,10 @@ def _project(tmp_path: Path, lock_file: Path, templates: dict[str, str] | None =
         )
     )
     (tmp_path / "upstream").mkdir()
-    (tmp_path / "upstream" / "install.yaml").write_bytes((FIXTURES / "upstream" / "install.yaml").read_bytes())
+    install = (FIXTURES / "upstream" / "install.yaml").read_text()
+    (tmp_path / "upstream" / "install.yaml").write_text(
+        install + (f"---\n{textwrap.dedent(upstream)}" if upstream else "")
+    )
     if templates is None:
         (tmp_path / "manifests").symlink_to(DEMO_TEMPLATES)
     else:
@@ -386,7 +403,16 @@ def test_cli_renders_templates_and_upstream(
     written = sorted(p.name for p in (tmp_path / "dist" / "manifests").iterdir())
     assert len(written) == 9
     assert written[:2] == ["0_namespace_archlift-demo.yaml", "0_namespace_hello-system.yaml"]
-    assert "all pinned by digest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # counted in the files themselves: every occurrence of a release image, by digest
+    lock = ReleaseLock.read(FIXTURES / "release-a.json")
+    text = "".join(p.read_text() for p in (tmp_path / "dist" / "manifests").iterdir())
+    counts = {name: text.count(str(c.ref)) for name, c in lock.components.items()}
+    assert all(counts.values())
+    assert f"to dist/manifests: {sum(counts.values())} reference(s) to 3 image(s), all pinned by digest:\n" in out
+    for name, c in lock.components.items():
+        n = counts[name]
+        assert f"\n  {c.ref} ({n} reference{'s' if n > 1 else ''})\n" in out + "\n"
 
 
 def test_cli_refuses_with_exit_2(
@@ -433,3 +459,87 @@ def test_cli_json_lists_documents_and_images(
     assert data["images"] == sorted(str(c.ref) for c in lock.components.values())
     assert {"file": "0_namespace_hello-system.yaml", "kind": "Namespace", "namespace": "", "name": "hello-system",
             "source": "upstream/install.yaml"} in data["documents"]  # fmt: skip
+
+
+MISSING_COMPONENTS = """\
+nomos: {source: {path: .}, replaces: [example.com/upstream/nomos]}
+webhook: {source: {path: .}, replaces: [WEBHOOK_IMAGE]}
+"""
+
+
+def test_a_component_the_install_does_not_use_need_not_be_in_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nomos and webhook have 'replaces:' but are not in the lock: no document names them."""
+    monkeypatch.chdir(_project(tmp_path, FIXTURES / "release-a.json", components=MISSING_COMPONENTS))
+    assert main(["render"]) == 0, capsys.readouterr().err
+    assert "3 image(s), all pinned by digest" in capsys.readouterr().out
+
+
+def test_every_reference_to_a_component_missing_from_the_lock_is_named_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod = """\
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: extra, namespace: hello-system}
+        spec:
+          containers:
+            - name: a
+              image: example.com/upstream/nomos:v1
+              args: [--webhook=WEBHOOK_IMAGE, --nomos=example.com/upstream/nomos]
+        """
+    monkeypatch.chdir(_project(tmp_path, FIXTURES / "release-a.json", components=MISSING_COMPONENTS, upstream=pod))
+    assert main(["render"]) == 2
+    err = capsys.readouterr().err
+    where = "Pod/hello-system/extra (upstream/install.yaml, document 5)"
+    assert err == (
+        "archlift: invalid input: 3 reference(s) in the upstream manifests to component(s) the release lock "
+        "does not have (nomos, webhook):\n"
+        f"  {where}: spec.containers[0].image: 'example.com/upstream/nomos:v1' is component 'nomos'\n"
+        f"  {where}: spec.containers[0].args[0]: 'WEBHOOK_IMAGE' is component 'webhook'\n"
+        f"  {where}: spec.containers[0].args[1]: 'example.com/upstream/nomos' is component 'nomos'\n"
+        "  build (or merge) a lock that includes them, or leave out of the install what references them\n"
+    )
+    assert not (tmp_path / "dist" / "manifests").exists()
+
+
+def test_template_problems_and_missing_components_are_reported_together(lock: ReleaseLock, tmp_path: Path) -> None:
+    templates = write_templates(tmp_path / "t", {"a.yaml.j2": POD.format(name="p", image="{{ image('nomos') }}")})
+    (tmp_path / "install.yaml").write_text(POD.format(name="q", image="NOMOS_IMAGE"))
+    with pytest.raises(ConfigError) as e:
+        render(
+            lock,
+            templates=templates,
+            upstream=[UpstreamFile(tmp_path / "install.yaml", "install.yaml")],
+            replacements={"NOMOS_IMAGE": "nomos"},
+        )
+    text = problems_of(e)
+    assert text.startswith("1 template problem(s) in ")
+    assert "a.yaml.j2:9: image('nomos'): the release has no component 'nomos'" in text
+    assert "\n1 reference(s) in the upstream manifests to component(s) the release lock does not have (nomos):" in text
+    assert "Pod/demo/q (install.yaml, document 1): spec.containers[0].image: 'NOMOS_IMAGE' is component 'nomos'" in text
+
+
+def test_the_summary_says_which_references_are_not_pinned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configmap = """\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: by-tag, namespace: demo}
+        data:
+          image: "{{ release.hello.repository }}:{{ release.hello.tags[0] }}"
+        """
+    monkeypatch.chdir(_project(tmp_path, FIXTURES / "release-a.json", {"cm.yaml.j2": configmap}))
+    assert main(["render"]) == 0
+    out = capsys.readouterr().out
+    lock = ReleaseLock.read(FIXTURES / "release-a.json")
+    hello = lock.components["hello"]
+    text = "".join(p.read_text() for p in (tmp_path / "dist" / "manifests").iterdir())
+    pinned = sum(text.count(str(c.ref)) for c in lock.components.values())
+    assert f"{pinned + 1} reference(s) to 3 image(s), {pinned} pinned by digest, 1 not:\n" in out
+    assert (
+        f"  not pinned: '{hello.repository}:{hello.tags[0]}' in ConfigMap/demo/by-tag (cm.yaml.j2, document 1): "
+        "data.image\n"
+    ) in out

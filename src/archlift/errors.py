@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ArchliftError(Exception):
     """Base of every error meant for the user. ``str(e)`` is the message."""
@@ -86,3 +88,12 @@ class VerifyError(ArchliftError):
 class ToolMissing(ArchliftError):
     exit_code = 10
     title = "missing tool"
+
+
+def exit_status(errors: Iterable[ArchliftError]) -> int:
+    """One exit status for several failures (components of one release): 0 without any; 2 when
+    one of them is bad input (nothing of it was pushed or moved); else the first one's own."""
+    codes = [e.exit_code for e in errors]
+    if not codes:
+        return 0
+    return 2 if 2 in codes else codes[0]

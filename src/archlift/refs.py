@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_DOMAIN = "docker.io"
+LEGACY_DEFAULT_DOMAIN = "index.docker.io"  # docker reads it as docker.io
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _DOMAIN_RE = re.compile(
@@ -100,6 +101,20 @@ class ImageRef:
         """registry/repository, without tag or digest."""
         return f"{self.registry}/{self.repository}"
 
+    @property
+    def familiar(self) -> str:
+        """docker's short form (reference.FamiliarString): ``docker.io/`` and an official
+        image's ``library/`` dropped, tag and digest kept: ``alpine:3.19``, ``gcr.io/x/y:1``."""
+        text = self.name
+        if self.registry == DEFAULT_DOMAIN:
+            official = self.repository.startswith("library/") and self.repository.count("/") == 1
+            text = self.repository.removeprefix("library/") if official else self.repository
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
     def with_digest(self, digest: Digest) -> ImageRef:
         return ImageRef(self.registry, self.repository, None, digest)
 
@@ -125,6 +140,20 @@ class ImageRef:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+def context_name(text: str) -> str:
+    """The name BuildKit looks a named build context up by, for a ``FROM`` name or a context key.
+
+    The Dockerfile frontend parses the name as docker does (no registry means ``docker.io``,
+    an official image gets ``library/``, no tag means ``:latest``), writes it back in the
+    familiar form and drops a final ``:latest``: ``gcr.io/distroless/static:latest``,
+    ``docker.io/library/alpine`` and ``alpine:latest`` are looked up as
+    ``gcr.io/distroless/static``, ``alpine`` and ``alpine``. Raises :class:`RefError` for a
+    name docker cannot parse (BuildKit cannot look it up either)."""
+    if text.startswith(LEGACY_DEFAULT_DOMAIN + "/"):
+        text = DEFAULT_DOMAIN + text.removeprefix(LEGACY_DEFAULT_DOMAIN)
+    return ImageRef.parse(text).familiar.removesuffix(":latest")
 
 
 def is_tag(text: str) -> bool:

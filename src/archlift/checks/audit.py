@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ..config.loader import BoundedLoader, YAMLBudgetError
 from ..config.model import DEFAULT_PLATFORMS, Component, Config, load_config
 from ..errors import ArchliftError, ConfigError
 from ..lock import ReleaseLock
@@ -65,9 +66,15 @@ def merge_targets(targets: Iterable[Target]) -> list[Target]:
     return list(merged.values())
 
 
-def _images_in_containers(node: Any, path: str) -> Iterator[tuple[str, str]]:
+def _load_all(text: str) -> list[Any]:
+    """The documents of a YAML stream, read within the alias and depth budget (config.loader)."""
+    return list(yaml.load_all(text, Loader=BoundedLoader))
+
+
+def _images_in_containers(node: Any, path: str, nested: dict[str, list[Any]]) -> Iterator[tuple[str, str]]:
     """(image, path) for every container of any list named containers/initContainers/ephemeralContainers,
-    at any depth; strings that hold YAML (a ConfigMap carrying a Deployment) are read too."""
+    at any depth; strings that hold YAML (a ConfigMap carrying a Deployment) are read too, each
+    distinct string once (``nested``: its documents, or [] when it is not YAML)."""
     if isinstance(node, dict):
         for key, value in node.items():
             sub = f"{path}.{key}" if path else str(key)
@@ -76,34 +83,37 @@ def _images_in_containers(node: Any, path: str) -> Iterator[tuple[str, str]]:
                     image = container.get("image") if isinstance(container, dict) else None
                     if isinstance(image, str) and image:
                         yield image, f"{sub}[{i}]"
-            yield from _images_in_containers(value, sub)
+            yield from _images_in_containers(value, sub, nested)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _images_in_containers(value, f"{path}[{i}]")
+            yield from _images_in_containers(value, f"{path}[{i}]", nested)
     elif isinstance(node, str) and "\n" in node and "image:" in node:
-        try:
-            docs = list(yaml.safe_load_all(node))
-        except yaml.YAMLError:
-            return
-        for doc in docs:
+        if node not in nested:
+            try:
+                nested[node] = _load_all(node)
+            except yaml.YAMLError:
+                nested[node] = []
+        for doc in nested[node]:
             if isinstance(doc, (dict, list)):
-                yield from _images_in_containers(doc, path + ">")
+                yield from _images_in_containers(doc, path + ">", nested)
 
 
 def images_in_yaml(text: str, label: str) -> list[tuple[str, str]]:
     """(image, where) for every container image in a YAML stream; ``where`` is ``label#doc:path``."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = _load_all(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{label}{at}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        what = "" if isinstance(e, YAMLBudgetError) else "not valid YAML: "
+        raise ConfigError(f"{label}{at}: {what}{getattr(e, 'problem', None) or e}") from None
     found = []
+    nested: dict[str, list[Any]] = {}
     for n, doc in enumerate(docs):
         kind = doc.get("kind", "") if isinstance(doc, dict) else ""
         name = (doc.get("metadata") or {}).get("name", "") if isinstance(doc, dict) else ""
         what = f"{kind}/{name}" if kind and isinstance(name, str) and name else f"document {n + 1}"
-        for image, path in _images_in_containers(doc, ""):
+        for image, path in _images_in_containers(doc, "", nested):
             found.append((image, f"{label} {what} {path}"))
     return found
 
@@ -207,7 +217,7 @@ def _targets_from_file(path: Path, wanted: tuple[Platform, ...] | None) -> list[
         found = targets_from_lock(ReleaseLock.read(path), str(path))
     else:
         try:
-            first = next(iter(yaml.safe_load_all(text)), None)
+            first = next(iter(yaml.load_all(text, Loader=BoundedLoader)), None)
         except yaml.YAMLError:
             first = None  # images_in_yaml reports where
         if is_config_document(first):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import load_config
+from ..errors import exit_status
 from ..plan import Plan, make_plan
 from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
     decisions: dict[str, dict[str, Any]] = {}
+    status = 0
     if args.check:
         from ..steps.decide import decide, open_run
         from .build import read_lock_if_any
@@ -44,15 +46,16 @@ def run(args: argparse.Namespace) -> int:
         with open_run(config, lock=read_lock_if_any(args.lock)) as run:
             found = decide(plan, client=run.client, resolver=run.resolver, trees=run.trees, jobs=config.concurrency)
         decisions = {d.name: d.to_json() for d in found}
+        status = exit_status(d.error for d in found if d.error is not None)  # what build would exit with
     if args.json:
         data = plan.to_json()
         for comp in data["components"]:
             if comp["name"] in decisions:
                 comp["decision"] = decisions[comp["name"]]
         print_json(data)
-        return 0
+        return status
     print_text(plan, decisions)
-    return 0
+    return status
 
 
 def print_text(plan: Plan, decisions: dict[str, dict[str, Any]]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config.model import Config, load_config
 from ..errors import ConfigError
 from ..lock import ReleaseLock
-from ..steps.render import KUBERNETES_VERSION, UpstreamFile, render
+from ..steps.render import KUBERNETES_VERSION, Rendered, UpstreamFile, render
 from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, print_json
 
 DEFAULT_OUT = Path("dist/manifests")
@@ -102,13 +102,31 @@ def run(args: argparse.Namespace) -> int:
                     for d in rendered.documents
                 ],
                 "images": rendered.images(),
+                "references": [
+                    {"image": r.image, "component": r.component, "where": r.where, "pinned": r.pinned}
+                    for r in rendered.references
+                ],
             }
         )
         return 0
     for doc in rendered.documents:
         print(f"  {doc.file_name:<60} from {doc.source}")
-    images = rendered.images()
-    print(f"rendered {len(paths)} document(s) to {args.out}; {len(images)} image(s), all pinned by digest:")
-    for image in images:
-        print(f"  {image}")
+    print(summary(rendered, lock, len(paths), args.out))
     return 0
+
+
+def summary(rendered: Rendered, lock: ReleaseLock, files: int, out: Path) -> str:
+    """What the output holds: every reference to a release image, per image, and which are pinned."""
+    refs = rendered.references
+    head = f"rendered {files} document(s) to {out}"
+    if not refs:
+        return f"{head}; they reference no image of the release"
+    components = sorted({r.component for r in refs})
+    loose = [r for r in refs if not r.pinned]
+    state = "all pinned by digest" if not loose else f"{len(refs) - len(loose)} pinned by digest, {len(loose)} not"
+    lines = [f"{head}: {len(refs)} reference(s) to {len(components)} image(s), {state}:"]
+    for name in components:
+        n = sum(1 for r in refs if r.component == name)
+        lines.append(f"  {lock.components[name].ref} ({n} reference{'s' if n > 1 else ''})")
+    lines += [f"  not pinned: '{r.image}' in {r.where}" for r in loose]
+    return "\n".join(lines)

@@ -4,6 +4,12 @@ an input file names file:line:column and the field path.
 ``compose`` gives PyYAML nodes; ``Field`` wraps one node with its path and
 offers typed accessors that raise :class:`ConfigError` with the location,
 what was expected, what was found and the closest valid key.
+
+Every YAML archlift reads (images.yaml, templates' output, upstream manifests,
+what ``audit`` reads) goes through :class:`BoundedLoader`: aliases may add at most
+``ALIAS_BUDGET`` nodes to a stream (a "billion laughs" of a few hundred bytes would
+otherwise expand to billions of nodes in every later walk), an alias may not refer
+to the node that contains it, and nesting stops at ``MAX_DEPTH`` levels.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,6 +36,89 @@ _TAGS = {
     "tag:yaml.org,2002:seq": "a list",
     "tag:yaml.org,2002:map": "a mapping",
 }
+
+
+ALIAS_BUDGET = 100_000  # nodes that aliases may add to one YAML stream
+MAX_DEPTH = 100  # nesting levels
+_NO_ALIASES = "write the YAML out without anchors and aliases"
+
+
+class YAMLBudgetError(yaml.composer.ComposerError):
+    """YAML refused for its shape (aliases expanding too far, a recursive alias, nesting too deep);
+    ``note`` says what to do."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with a budget: see the module's docstring."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded = 0  # nodes added by aliases, this stream
+        self._depth = 0
+        self._open: set[str] = set()  # anchors of the nodes being composed
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to, this document
+
+    def compose_document(self) -> yaml.Node | None:
+        self._sizes = {}
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise YAMLBudgetError(
+                    None, None, f"alias *{event.anchor} refers to the node that contains it", mark, _NO_ALIASES
+                )
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                self._expanded += self._size(target)
+                if self._expanded > ALIAS_BUDGET:
+                    raise YAMLBudgetError(
+                        None,
+                        None,
+                        f"aliases expand this YAML beyond {ALIAS_BUDGET} nodes (at *{event.anchor}); "
+                        "archlift refuses it (an alias bomb?)",
+                        mark,
+                        _NO_ALIASES,
+                    )
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if self._depth >= MAX_DEPTH:
+            raise YAMLBudgetError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark, "flatten the structure")
+        self._depth += 1
+        if anchor:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open.discard(anchor or "")
+
+    def _size(self, node: yaml.Node) -> int:
+        """How many nodes ``node`` stands for with every alias in it expanded (memoised, no recursion)."""
+        stack = [node]
+        while stack:
+            top = stack[-1]
+            if id(top) in self._sizes:
+                stack.pop()
+                continue
+            children = _children(top)
+            todo = [c for c in children if id(c) not in self._sizes]
+            if todo:
+                stack += todo
+                continue
+            self._sizes[id(top)] = 1 + sum(self._sizes[id(c)] for c in children)
+            stack.pop()
+        return self._sizes[id(node)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def describe(node: yaml.Node) -> str:
@@ -93,6 +183,16 @@ class Field:
 
     def mapping(self, allowed: tuple[str, ...] | None = None) -> dict[str, Field]:
         return dict(self.items(allowed))
+
+    def key_fields(self) -> dict[str, Field]:
+        """The keys of a mapping as fields (where each key is written), in order."""
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.expected("a mapping")
+        return {
+            k.value: Field(k, f"{self.path}.{k.value}" if self.path else k.value, self.file)
+            for k, _ in self.node.value
+            if isinstance(k, yaml.ScalarNode)
+        }
 
     # --- scalars and lists ----------------------------------------------
     def is_null(self) -> bool:
@@ -172,11 +272,13 @@ def compose(path: Path) -> Field:
                 hint="YAML indents with spaces only: replace the tab with spaces",
             )
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=BoundedLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = e.problem or e.context or "invalid YAML"
+        if isinstance(e, YAMLBudgetError):
+            raise ConfigError(f"{where}: {problem}", hint=e.note or "") from None
         raise ConfigError(f"{where}: YAML syntax error: {problem}", hint="fix the YAML syntax at that spot") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {e}") from None

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..refs import ImageRef, Platform, RefError, is_tag
-from .loader import Field, closest, compose
+from ..refs import ImageRef, Platform, RefError, context_name, is_tag
+from .loader import BoundedLoader, Field, closest, compose
 
 FORMAT_VERSION = 1
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -66,7 +66,14 @@ class BuildSpec:
     dockerfile_local: Path | None = None  # a Dockerfile this repository supplies
     target: str | None = None
     args: dict[str, str] = field(default_factory=dict)
-    contexts: dict[str, str] = field(default_factory=dict)
+    contexts: dict[str, str] = field(default_factory=dict)  # key as written -> context
+    # key -> "file:line:col: field path" in images.yaml, for errors found once the Dockerfile is read
+    context_locations: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def named_contexts(self) -> dict[str, str]:
+        """The contexts keyed by the names BuildKit looks them up by (refs.context_name): what bake gets."""
+        return {context_name(k): v for k, v in self.contexts.items()}
 
 
 @dataclass(frozen=True)
@@ -305,13 +312,46 @@ def _build(f: Field | None, defaults: dict[str, Any], root: Path) -> BuildSpec:
     if "args" in data:
         spec["args"] = data["args"].string_map()
     if "contexts" in data:
-        spec["contexts"] = _contexts(data["contexts"])
-    return BuildSpec(**spec)
+        spec["contexts"], spec["context_locations"] = _contexts(data["contexts"])
+    build = BuildSpec(**spec)
+    if build.dockerfile_local and build.contexts and not any("{" in v for v in build.args.values()):
+        # a Dockerfile of this repository: its named contexts are checked now (a build arg with a
+        # tag field such as {version} has its value only when the build is planned: checked then)
+        from ..steps.dockerfile import check_contexts
+
+        local_field = data["dockerfile_local"]
+        try:
+            text = build.dockerfile_local.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise local_field.error(f"cannot read the Dockerfile '{build.dockerfile_local}' ({e})") from None
+        check_contexts(text, build.args, build)
+    return build
 
 
-def _contexts(f: Field) -> dict[str, str]:
-    out = {}
-    for name, value in f.items():
+def _contexts(f: Field) -> tuple[dict[str, str], dict[str, str]]:
+    """Named contexts (key -> context) and where each key is written."""
+    out: dict[str, str] = {}
+    where: dict[str, str] = {}
+    seen: dict[str, str] = {}  # the name BuildKit looks up -> key
+    for (name, value), key_field in zip(f.items(), f.key_fields().values(), strict=True):
+        if "::" in name:
+            raise key_field.error(
+                f"'{name}': a context for one platform (NAME::PLATFORM) is not supported",
+                "give one context for every platform, such as docker-image:// of a multi-platform image",
+            )
+        try:
+            looked_up = context_name(name)
+        except RefError as e:
+            raise key_field.error(
+                f"'{name}' is not a name a Dockerfile can use for a named context ({e})",
+                "name it as the FROM line does (an image reference or a stage name)",
+            ) from None
+        if looked_up in seen:
+            raise key_field.error(
+                f"'{name}' and '{seen[looked_up]}' name the same context (BuildKit looks both up as '{looked_up}')",
+                "keep one of them",
+            )
+        seen[looked_up] = name
         text = value.nonempty()
         if not text.startswith(CONTEXT_PREFIXES) and not text.startswith(("./", "../", "/")):
             raise value.error(
@@ -324,7 +364,8 @@ def _contexts(f: Field) -> dict[str, str]:
             except RefError as e:
                 raise value.error(str(e)) from None
         out[name] = text
-    return out
+        where[name] = f"{key_field.where()}: {key_field.path}"
+    return out, where
 
 
 def _patches(f: Field, root: Path) -> tuple[Path, ...]:
@@ -505,7 +546,8 @@ def _manifests(f: Field, root: Path, sources: dict[str, Source]) -> ManifestsCon
     if "values" in fields:
         if not fields["values"].is_mapping():
             raise fields["values"].expected("a mapping of values for the templates")
-        values = yaml.safe_load(yaml.serialize(fields["values"].node)) or {}
+        # the node passed the alias budget when composed; constructed with the same loader
+        values = yaml.load(yaml.serialize(fields["values"].node), Loader=BoundedLoader) or {}
     upstream = []
     if "upstream" in fields:
         for item in fields["upstream"].sequence("a list of {path, source}"):

@@ -66,7 +66,9 @@ def verify_pushed(
     manifest = client.get_manifest(ref)  # verifies the bytes against the digest
     platforms: dict[str, Digest] = {}
     attestations: dict[str, Digest] = {}
-    for desc in manifest.descriptors():
+    if not manifest.is_index:  # one platform without attestations: buildx exports a bare manifest
+        platforms = client.index_platforms(ref)
+    for desc in manifest.descriptors() if manifest.is_index else ():
         if desc.is_attestation:
             subject = desc.annotations.get("vnd.docker.reference.digest", "")
             if subject:

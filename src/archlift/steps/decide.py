@@ -27,7 +27,7 @@ from ..plan import Plan, PlannedComponent
 from ..refs import ImageRef
 from ..ui import Reporter
 from . import inputs as inputs_mod
-from .dockerfile import external_images
+from .dockerfile import check_contexts, external_images
 from .inputs import BuildRecord, Inputs
 from .patches import queue_hash
 from .sources import ResolvedSource, Resolver, cache_root
@@ -154,6 +154,7 @@ def inputs_for(
     values = inputs_mod.tag_values(comp, resolved, patch_hash, "")
     args = {k: inputs_mod.expand(v, values) for k, v in comp.build.args.items()}
     text = dockerfile_text(comp, resolved, trees)
+    check_contexts(text, args, comp.build)
     found = bases.resolve(comp, external_images(text, args, comp.build.contexts))
     return inputs_mod.compute(comp, config, resolved, patch_hash, found, args), resolved
 

@@ -86,7 +86,7 @@ def bake_target(
         "context": str(tree / build.context),
         "dockerfile": str(build.dockerfile_local or tree / build.dockerfile),
         "args": dict(job.inputs.args),
-        "contexts": dict(build.contexts),
+        "contexts": build.named_contexts,  # keyed as BuildKit looks them up: bake passes keys as they are
         "platforms": [str(p) for p in comp.platforms],
         "labels": labels(comp, job.tree),
         "attest": _attest(config, attestations),

@@ -116,7 +116,7 @@ def compute(
         "dockerfile_local": local_dockerfile,
         "target": build.target,
         "args": dict(sorted(args.items())),
-        "contexts": dict(sorted(build.contexts.items())),
+        "contexts": dict(sorted(build.named_contexts.items())),
         "platforms": sorted(str(p) for p in comp.platforms),
         "bases": dict(sorted(bases.items())),
         "provenance": config.provenance,

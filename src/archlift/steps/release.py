@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config.model import Config
-from ..errors import ArchliftError
+from ..errors import ArchliftError, exit_status
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import RegistryClient
 from ..refs import Digest
@@ -41,10 +41,7 @@ class RunResult:
     def exit_code(self) -> int:
         """0; 2 when a component failed on bad input (nothing of it was pushed); else the first
         failure's own exit status (a source, patch, build or registry error)."""
-        codes = [e.exit_code for _, e in self.errors]
-        if not codes:
-            return 0
-        return 2 if 2 in codes else codes[0]
+        return exit_status(e for _, e in self.errors)
 
 
 def move_tags(

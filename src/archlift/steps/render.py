@@ -20,21 +20,24 @@ comes out. Nothing here looks at images.yaml or the registry.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import kubernetes_validate
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from ..config.loader import BoundedLoader, YAMLBudgetError
 from ..errors import ConfigError
 from ..lock import ComponentRelease, ReleaseLock
 from ..refs import ImageRef, RefError
@@ -58,8 +61,8 @@ _MAX_PROBLEMS = 50
 
 
 # --- YAML in and out ----------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without timestamps: an unquoted date stays the string it is in the file."""
+class _Loader(BoundedLoader):
+    """The bounded SafeLoader without timestamps: an unquoted date stays the string it is in the file."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -104,7 +107,8 @@ def load_documents(text: str, label: str, where: str = "line") -> list[tuple[int
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f"{where} {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{label}: {line}not valid YAML: {e.problem or e.context}") from None
+        what = "" if isinstance(e, YAMLBudgetError) else "not valid YAML: "
+        raise ConfigError(f"{label}: {line}{what}{e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{label}: not valid YAML: {e}") from None
     return [(i, d) for i, d in enumerate(docs) if d is not None]
@@ -176,9 +180,24 @@ class Document:
 
 
 @dataclass(frozen=True)
+class ImageReference:
+    """One reference to an image of the release in the output: a container's image, or a
+    string that names it (an argument, ConfigMap data)."""
+
+    image: str  # as written in the output
+    component: str
+    where: str  # the document and the field path
+
+    @property
+    def pinned(self) -> bool:
+        return "@" in self.image
+
+
+@dataclass(frozen=True)
 class Rendered:
     documents: tuple[Document, ...]  # in output order
     files: tuple[tuple[str, bytes], ...]  # (file name, bytes), sorted by name
+    references: tuple[ImageReference, ...] = ()  # every reference to a release image, in output order
 
     def write(self, out: Path) -> list[Path]:
         """Replace ``out`` with exactly these files (built aside, then swapped in)."""
@@ -251,6 +270,57 @@ def _image_helper(lock: ReleaseLock) -> Callable[[str], str]:
 
 
 # --- templates ------------------------------------------------------------------------
+MAX_RENDERED = 16 << 20  # characters one template may produce
+MAX_SEQUENCE = 1 << 20  # items or characters a '*' in a template may make
+MAX_EXPONENT = 1024
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Templates come from pull requests: jinja2's immutable sandbox (no attribute that starts
+    with '_', no Python internals, no call that changes ``values`` or ``release``; ``range`` is
+    bounded), and '*' and '**' bounded, so one expression cannot ask for gigabytes."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        small_base = isinstance(left, float) or (isinstance(left, int) and abs(left) <= 1)
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT and not small_base:
+            raise jinja2.exceptions.SecurityError(f"the exponent {right} is larger than {MAX_EXPONENT}")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
+                    raise jinja2.exceptions.SecurityError(
+                        f"'*' would make {len(seq) * n} items (at most {MAX_SEQUENCE})"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+
+class _ContainedLoader(jinja2.FileSystemLoader):
+    """Templates and what they include, from inside the templates directory only (no symlink out)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        roots = [Path(p).resolve() for p in self.searchpath]
+        if not any(Path(filename).resolve().is_relative_to(root) for root in roots):
+            raise jinja2.exceptions.SecurityError(f"'{template}' leads outside the templates directory")
+        return source, filename, uptodate
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _bounded(chunks: Iterator[str]) -> str:
+    """A template's output, refused past MAX_RENDERED characters."""
+    out, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED:
+            raise _TooLarge(f"the template produces more than {MAX_RENDERED} characters; refused")
+        out.append(chunk)
+    return "".join(out)
+
+
 def _display(path: Path) -> str:
     """``path`` relative to the working directory when it is below it, else as it is."""
     absolute = Path(os.path.abspath(path))
@@ -282,10 +352,16 @@ def _template_frame(exc: BaseException, templates: Path) -> tuple[str, int] | No
     return found
 
 
-def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, Any]) -> list[Document]:
-    """Every document of every template and plain YAML file; all template errors at once."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+TEMPLATE_HINT = (
+    "templates see release.<component>.{ref,digest,repository,tags,version,platforms}, "
+    "values.<key> and image('<component>')"
+)
+
+
+def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, Any]) -> tuple[list[Document], list[str]]:
+    """Every document of every template and plain YAML file, and every template problem."""
+    env = _Sandbox(
+        loader=_ContainedLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -298,10 +374,13 @@ def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, An
         shown = _display(templates / name)
         try:
             template = env.get_template(name)
-            text = template.render()
+            text = _bounded(template.generate())
         except jinja2.TemplateSyntaxError as e:
             where = _display(Path(e.filename)) if e.filename else shown
             problems.append(f"{where}:{e.lineno}: template syntax error: {e.message}")
+            continue
+        except _TooLarge as e:
+            problems.append(f"{shown}: {e}")
             continue
         except Exception as e:  # an error raised while rendering: name the template line
             frame = _template_frame(e, templates)
@@ -316,17 +395,14 @@ def render_templates(templates: Path, lock: ReleaseLock, values: Mapping[str, An
             problems.append(e.message)
     for name in plain_names:
         shown = _display(templates / name)
+        if not (templates / name).resolve().is_relative_to(templates.resolve()):
+            problems.append(f"{shown}: leads outside the templates directory (a symbolic link)")
+            continue
         try:
             docs += _documents((templates / name).read_text(), name, shown, "line")
         except ConfigError as e:
             problems.append(e.message)
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} template problem(s) in {_display(templates)}:\n  " + "\n  ".join(problems),
-            hint="templates see release.<component>.{ref,digest,repository,tags,version,platforms}, "
-            "values.<key> and image('<component>')",
-        )
-    return docs
+    return docs, problems
 
 
 def _documents(text: str, source: str, label: str, where: str) -> list[Document]:
@@ -347,6 +423,7 @@ class ImageMap:
     it applies to every ``image:`` field. ``by_text``: a literal (a placeholder such as
     ``RECONCILER_IMAGE``, or a reference with a '/') -> component; it also applies inside
     any other string (args, ConfigMap data), with an optional ``:tag``/``@digest`` after it.
+    A component may be missing from the lock: that is an error only where a document uses it.
     """
 
     by_name: Mapping[str, str]
@@ -362,11 +439,6 @@ class ImageMap:
             if c.source_image:
                 pairs.append((c.source_image, name))
         for text, component in pairs:
-            if component not in lock.components:
-                raise ConfigError(
-                    f"'{text}' is to be replaced by component '{component}', which the release lock does not have",
-                    hint="build (or merge) a lock that includes every component",
-                )
             try:
                 ref = ImageRef.parse(text)
             except RefError:
@@ -380,71 +452,114 @@ class ImageMap:
         return cls(by_name, by_text)
 
     def _pattern(self) -> re.Pattern[str] | None:
-        if not self.by_text:
-            return None
-        alternatives = "|".join(re.escape(t) for t in sorted(self.by_text, key=lambda t: (-len(t), t)))
-        return re.compile(
-            rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])"
-        )
+        return _names_pattern(self.by_text) if self.by_text else None
 
 
-def rewrite_images(body: Any, lock: ReleaseLock, images: ImageMap) -> tuple[Any, int]:
-    """``body`` with our images pinned by digest; also how many references were rewritten."""
+def _names_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    """Any of ``names`` standing alone in a string, with an optional ``:tag`` and ``@digest`` after it."""
+    alternatives = "|".join(re.escape(t) for t in sorted(names, key=lambda t: (-len(t), t)))
+    return re.compile(rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])")
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A reference an upstream manifest makes to a component the release lock does not have."""
+
+    path: str  # field path in the document
+    text: str  # the reference as the upstream writes it
+    component: str
+    document: str = ""  # Document.where
+
+    def __str__(self) -> str:
+        return f"{self.document}: {self.path}: '{self.text}' is component '{self.component}'"
+
+
+def rewrite_images(body: Any, lock: ReleaseLock, images: ImageMap) -> tuple[Any, int, list[Missing]]:
+    """``body`` with our images pinned by digest; how many references were rewritten; and the
+    references to components the lock does not have (left as they are)."""
     pattern = images._pattern()
     count = 0
+    missing: list[Missing] = []
 
-    def pinned(component: str) -> str:
+    def pinned(component: str, found: str, path: str) -> str:
+        nonlocal count
+        if component not in lock.components:
+            missing.append(Missing(path, found, component))
+            return found
+        count += 1
         return str(lock.components[component].ref)
 
-    def text(value: str) -> str:
-        nonlocal count
+    def text(value: str, path: str) -> str:
         if pattern is None:
             return value
+        return pattern.sub(lambda m: pinned(images.by_text[m.group(1)], m.group(0), path), value)
 
-        def sub(m: re.Match[str]) -> str:
-            nonlocal count
-            count += 1
-            return pinned(images.by_text[m.group(1)])
-
-        return pattern.sub(sub, value)
-
-    def image(value: str) -> str:
-        nonlocal count
+    def image(value: str, path: str) -> str:
         if value in images.by_text:
-            count += 1
-            return pinned(images.by_text[value])
+            return pinned(images.by_text[value], value, path)
         try:
             ref = ImageRef.parse(value)
         except RefError:
-            return text(value)
+            return text(value, path)
         if ref.name in images.by_name:
-            count += 1
-            return pinned(images.by_name[ref.name])
+            return pinned(images.by_name[ref.name], value, path)
         return value
 
-    def walk(node: Any, key: str | None) -> Any:
+    def walk(node: Any, path: str, key: str | None) -> Any:
         if isinstance(node, dict):
-            return {k: walk(v, str(k)) for k, v in node.items()}
+            return {k: walk(v, f"{path}.{k}" if path else str(k), str(k)) for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(v, None) for v in node]
+            return [walk(v, f"{path}[{i}]", None) for i, v in enumerate(node)]
         if isinstance(node, str):
-            return image(node) if key == "image" else text(node)
+            return image(node, path) if key == "image" else text(node, path)
         return node
 
-    return walk(body, None), count
+    return walk(body, "", None), count, missing
 
 
-def load_upstream(files: Sequence[UpstreamFile], lock: ReleaseLock, images: ImageMap) -> list[Document]:
+def load_upstream(
+    files: Sequence[UpstreamFile], lock: ReleaseLock, images: ImageMap
+) -> tuple[list[Document], list[Missing]]:
+    """The upstream documents with our images pinned, and every reference to a component the
+    lock does not have (all of them, in every file)."""
     docs: list[Document] = []
+    missing: list[Missing] = []
     for f in files:
         try:
             content = f.path.read_text()
         except OSError as e:
             raise ConfigError(f"{f.label}: cannot read the upstream manifest {f.path}: {e.strerror}") from None
         for doc in _documents(content, f.label, f.label, "line"):
-            body, _ = rewrite_images(doc.body, lock, images)
+            body, _, found = rewrite_images(doc.body, lock, images)
             docs.append(Document(doc.source, doc.index, body))
-    return docs
+            missing += [dataclasses.replace(m, document=doc.where) for m in found]
+    return docs, missing
+
+
+def image_references(docs: Sequence[Document], lock: ReleaseLock) -> list[ImageReference]:
+    """Every reference to an image of the release in ``docs``: any string that names a component's
+    repository (with or without tag or digest), container images and other fields alike."""
+    by_repo = {c.repository: name for name, c in lock.components.items()}
+    if not by_repo:
+        return []
+    pattern = _names_pattern(by_repo)
+    out: list[ImageReference] = []
+
+    def walk(node: Any, path: str, doc: Document) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k), doc)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]", doc)
+        elif isinstance(node, str):
+            out.extend(
+                ImageReference(m.group(0), by_repo[m.group(1)], f"{doc.where}: {path}") for m in pattern.finditer(node)
+            )
+
+    for doc in docs:
+        walk(doc.body, "", doc)
+    return out
 
 
 # --- complete or refuse -----------------------------------------------------------------
@@ -566,11 +681,15 @@ def render(
     kubernetes_version = check_kubernetes_version(kubernetes_version)
     images = ImageMap.build(lock, replacements or {})
     docs: list[Document] = []
+    template_problems: list[str] = []
     if templates is not None:
         if not templates.is_dir():
             raise ConfigError(f"{_display(templates)}: the templates directory does not exist")
-        docs += render_templates(templates, lock, values or {})
-    docs += load_upstream(upstream, lock, images)
+        docs, template_problems = render_templates(templates, lock, values or {})
+    upstream_docs, missing = load_upstream(upstream, lock, images)
+    docs += upstream_docs
+    if template_problems or missing:
+        _refuse(template_problems, missing, templates)
     if not docs:
         raise ConfigError("nothing to render: no templates and no upstream manifests produced a document")
 
@@ -603,7 +722,24 @@ def render(
             raise ConfigError(f"{doc.where} and {owners[name].where} would both be written to {name}")
         files[name] = dump_document(doc.body)
         owners[name] = doc
-    return Rendered(tuple(docs), tuple(sorted(files.items())))
+    return Rendered(tuple(docs), tuple(sorted(files.items())), tuple(image_references(docs, lock)))
+
+
+def _refuse(template_problems: list[str], missing: list[Missing], templates: Path | None) -> None:
+    """One error for every template problem and every reference to a component the lock lacks."""
+    parts, hints = [], []
+    if template_problems:
+        where = _display(templates) if templates else "the templates"
+        parts.append(f"{len(template_problems)} template problem(s) in {where}:\n  " + "\n  ".join(template_problems))
+        hints.append(TEMPLATE_HINT)
+    if missing:
+        components = sorted({m.component for m in missing})
+        parts.append(
+            f"{len(missing)} reference(s) in the upstream manifests to component(s) the release lock does not "
+            f"have ({', '.join(components)}):\n  " + "\n  ".join(map(str, missing))
+        )
+        hints.append("build (or merge) a lock that includes them, or leave out of the install what references them")
+    raise ConfigError("\n".join(parts), hint="; ".join(hints))
 
 
 def _duplicates(docs: Sequence[Document]) -> list[str]:
