@@ -185,3 +185,16 @@ def test_plan_check_reads_the_lock_that_build_reads(
     assert status == 3 and decision["action"] == "fail" and "release lock records" in built["error"]
     assert decision["reason"] == built["error"]
     assert decision["hint"] == built["hint"]
+
+
+def test_a_one_platform_build_without_attestations_is_a_bare_manifest_and_is_released(
+    tmp_path: Path, docker_ready: None, registry: LocalRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    up, commit = _upstream(tmp_path)
+    config = _config(tmp_path, registry, up, commit)
+    config.write_text(config.read_text().replace("components:\n", "platforms: [linux/arm64]\ncomponents:\n"))
+    status, result = _build(config, capsys)
+    assert status == 0, result
+    comp = result["components"][0]  # type: ignore[index]
+    assert list(comp["platforms"]) == ["linux/arm64"]  # read from the image's config
+    assert comp["image"].endswith(comp["platforms"]["linux/arm64"])  # the manifest is the image itself
