@@ -30,8 +30,8 @@ from pathlib import Path
 from ..config.model import Component, Config, Source
 from ..errors import ArchliftError, BuildError, MirrorError, RegistryError, UsageError
 from ..lock import ComponentRelease, PatchRecord, ReleaseLock, Upstream, write_atomic
-from ..oci import Descriptor, Manifest, RegistryClient
-from ..oci.layout import Layout, push_tree
+from ..oci import RegistryClient
+from ..oci.layout import Layout, push_image
 from ..plan import Plan, PlannedComponent
 from ..refs import Digest, ImageRef, Platform, RefError
 from . import inputs as inputs_mod
@@ -320,15 +320,11 @@ def push_layout(ws: Workspace, comp: Component, digest: Digest, report: Reporter
     are there); the layout is kept for the check against the bake's metadata."""
     layout = Layout(_layout_dir(ws, comp))
     if early:
-        raw = layout.read(digest)  # verified against the digest
-        top = Descriptor(Manifest.of(raw).media_type, digest, len(raw))
-    else:
-        top_or_none = next((d for d in layout.index() if d.digest == digest), None)
-        if top_or_none is None:
-            raise BuildError(f"{comp.name}: the build reported {digest}, which its OCI layout does not hold")
-        top = top_or_none
+        layout.read(digest)  # there, and verified against the digest
+    elif all(d.digest != digest for d in layout.index()):
+        raise BuildError(f"{comp.name}: the build reported {digest}, which its OCI layout does not hold")
     report(comp.name, "", f"pushing {digest.short()} by digest")
-    push_tree(ws.client, layout, comp.image, top)
+    push_image(ws.client, layout.root, digest, comp.image)
     if not early:
         shutil.rmtree(layout.root, ignore_errors=True)
     return digest
