@@ -9,9 +9,11 @@ adds the release lock as ``archlift/release.json``, the published artifacts as
 made it.
 
 ``open_bundle`` checks the whole archive before anything else is done with
-it: every member is safe and matches its digest or checksum.
-``import_bundle`` then copies it to the target, an image's tags once all of
-it is there.
+it: every member is safe and matches its digest or checksum, and the bundle
+resolves: every manifest and blob that ``index.json``, the lock and the
+artifacts name is there, at the size its descriptor says, every tag is a valid
+tag. ``import_bundle`` then copies it to the target with every tag of every
+image last: a failure on the way moves no tag at all.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MirrorError
+from ..errors import ConfigError, MirrorError, RegistryError
 from ..lock import ReleaseLock
 from ..oci import RegistryClient
 from ..oci.archive import SUMS, ArchiveReader, ArchiveWriter
-from ..oci.copy import Progress, copy
+from ..oci.copy import Progress, Tree, collect, copy
 from ..oci.store import RegistryStore
-from ..refs import RefError
+from ..refs import Digest, RefError, is_tag
 from .mirror import Artifact, MirrorResult, Target, mirror, plan_mirror
 
 __all__ = ["SUMS", "Bundle", "ExportResult", "export_bundle", "import_bundle", "open_bundle"]
@@ -148,8 +150,8 @@ class Bundle:
 
 
 def open_bundle(path: Path, progress: Progress | None = None) -> Bundle:
-    """Read and check the whole bundle; nothing is written anywhere, nothing is asked of any
-    registry. A bundle that fails any check is refused (``ConfigError``)."""
+    """Read, check and resolve the whole bundle; nothing is written anywhere, nothing is asked of
+    any registry. A bundle that fails any check is refused (``ConfigError``)."""
     archive = ArchiveReader.open(path, progress, required=(LOCK_PATH,))
     with tempfile.TemporaryDirectory(prefix="archlift-import-") as tmp:
         lock_file = Path(tmp) / "release.json"
@@ -165,7 +167,46 @@ def open_bundle(path: Path, progress: Progress | None = None) -> Bundle:
             artifacts = tuple(Artifact.from_json(a) for a in json.loads(archive.read(ARTIFACTS_PATH)))
         except (ValueError, KeyError, TypeError, AttributeError, RefError) as e:
             raise archive.refuse(f"its {ARTIFACTS_PATH} is not valid ({e})") from None
-    return Bundle(archive, lock, artifacts)
+    bundle = Bundle(archive, lock, artifacts)
+    _resolve(bundle)
+    return bundle
+
+
+def _resolve(bundle: Bundle) -> None:
+    """Every tag valid; every manifest that ``index.json``, the lock and the artifacts name is in
+    the bundle, and everything below it, at the size its descriptor says."""
+    archive, roots = bundle.archive, dict[Digest, str]()
+    for comp in sorted(bundle.lock.components.values(), key=lambda c: c.name):
+        what = f"component '{comp.name}' of its {LOCK_PATH}"
+        for tag in comp.tags:
+            if not is_tag(tag):
+                raise archive.refuse(
+                    f"{what} has the tag '{tag}', which is not a valid tag "
+                    "(letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
+                )
+        roots.setdefault(comp.index_digest, what)
+        for digest in (*comp.platforms.values(), *comp.attestations.values()):
+            roots.setdefault(digest, what)
+    for art in bundle.artifacts:
+        assert art.ref.digest is not None  # Artifact.from_json checks
+        roots.setdefault(art.ref.digest, f"the artifact {art.ref} of its {ARTIFACTS_PATH}")
+    for n, entry in enumerate(archive.entries()):
+        archive.blob_member(entry.desc)  # there, of its size
+        roots.setdefault(entry.desc.digest, f"index.json, manifests[{n}]")
+    seen: set[Digest] = set()
+    for digest, what in sorted(roots.items()):
+        if not archive.has_manifest(digest):
+            raise archive.refuse(f"it lacks {archive.blob_name(digest)}, the manifest {what} names")
+        tree = Tree()
+        try:
+            collect(archive.read_manifest, archive.read_manifest(digest), tree, seen)
+            for manifest in tree.manifests:  # every child (manifest or blob) there, of its size
+                for desc in manifest.descriptors():
+                    archive.blob_member(desc)
+        except (ValueError, KeyError, TypeError) as e:
+            raise archive.refuse(f"a manifest under {digest} ({what}) is not valid ({e})") from None
+        except RegistryError as e:
+            raise archive.refuse(f"{e.message} ({what})") from None
 
 
 def import_bundle(
@@ -177,6 +218,6 @@ def import_bundle(
     jobs: int = 8,
     progress: Progress | None = None,
 ) -> MirrorResult:
-    """Push a checked bundle to ``target`` (tags of an image only once all of it is there)."""
+    """Push a checked bundle to ``target``: the tags of every image only once every image is there."""
     plan = plan_mirror(bundle.lock, target, platforms, onto_itself=True, artifacts=bundle.artifacts)
-    return mirror(plan, client, jobs=jobs, progress=progress, source=bundle.archive)
+    return mirror(plan, client, jobs=jobs, progress=progress, source=bundle.archive, tags_together=True)

@@ -168,10 +168,11 @@ class MirrorResult:
     images: tuple[ImageResult, ...]
     seconds: float
     requests: int = 0
+    error: str = ""  # the run failed as a whole, before or beside any image (a refused bundle, Ctrl-C)
 
     @property
     def ok(self) -> bool:
-        return not any(i.error for i in self.images)
+        return not self.error and not any(i.error for i in self.images)
 
     @property
     def bytes_sent(self) -> int:
@@ -181,6 +182,7 @@ class MirrorResult:
         return {
             "target": self.target,
             "ok": self.ok,
+            "error": self.error,
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
             "bytes_sent": self.bytes_sent,
