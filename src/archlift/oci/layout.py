@@ -170,11 +170,12 @@ class IndexedLayout:
 
 
 # ---------------------------------------------------------------------- a directory
-def file_chunks(path: Path, where: str) -> tuple[Iterator[bytes], Callable[[], None]]:
+def file_chunks(path: Path, what: str) -> tuple[Iterator[bytes], Callable[[], None]]:
+    """A file's bytes in chunks, and the function that closes it; no such file is ``RegistryError``."""
     try:
         f = path.open("rb")
     except FileNotFoundError:
-        raise RegistryError(f"{where} has no {path.name}") from None
+        raise RegistryError(f"{what} is missing ({path})") from None
 
     def chunks() -> Iterator[bytes]:
         while chunk := f.read(CHUNK):
@@ -230,7 +231,7 @@ class LayoutStore(IndexedLayout):
         return Manifest.of(self.layout.read(digest))
 
     def blob(self, repo: ImageRef, desc: Descriptor) -> Opener:
-        return lambda: file_chunks(self.layout.blob_path(desc.digest), str(self.root))
+        return lambda: file_chunks(self.layout.blob_path(desc.digest), f"{self.root}: blob {desc.digest}")
 
     # --- writing
     def has_blob(self, repo: ImageRef, digest: Digest) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ConfigError, MirrorError, RegistryError
 from ..lock import ReleaseLock
 from ..oci import RegistryClient
-from ..oci.archive import SUMS, ArchiveReader, ArchiveWriter
+from ..oci.archive import SUMS, ArchiveReader, ArchiveWriter, Member
 from ..oci.copy import Progress, Tree, collect, copy
 from ..oci.store import RegistryStore
 from ..refs import Digest, RefError, is_tag
@@ -131,7 +131,7 @@ class Bundle:
         return self.archive.path
 
     @property
-    def members(self) -> dict[str, Any]:
+    def members(self) -> dict[str, Member]:
         return dict(self.archive.members)
 
     def read(self, name: str) -> bytes:
