@@ -62,7 +62,7 @@ add_trixie_source() {
 missing_pkgs() {
   local p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "${p%%/*}" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    [[ "$(dpkg-query -W -f='${Status}' "${p%%/*}" 2>/dev/null || true)" == "install ok installed" ]] || echo "$p"
   done
 }
 
@@ -103,7 +103,7 @@ fetch_busybox_debs() {
   if ls "$BUSYBOX_DIR"/busybox-static_*_amd64.deb "$BUSYBOX_DIR"/busybox-static_*_arm64.deb >/dev/null 2>&1; then
     log "busybox-static debs present in $BUSYBOX_DIR"; return
   fi
-  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  if [[ " $(dpkg --print-foreign-architectures | tr '\n' ' ') " != *" arm64 "* ]]; then
     dpkg --add-architecture arm64
     rm -f "$UPDATED"
     log "added the arm64 dpkg architecture"
@@ -184,9 +184,13 @@ check() {
   done
   python3 -c 'import ensurepip, venv' 2>/dev/null || { echo "[setup-host] python3 cannot make virtual environments (python3-venv)" >&2; fail=1; }
   docker buildx version >/dev/null 2>&1 || { echo "[setup-host] docker buildx is not available" >&2; fail=1; }
-  docker info --format '{{.DriverStatus}}' 2>/dev/null | grep -q 'io.containerd.snapshotter' \
+  # (read whole, then matched: `cmd | grep -q` under pipefail fails when grep stops reading early)
+  local driver builder
+  driver=$(docker info --format '{{.DriverStatus}}' 2>/dev/null || true)
+  [[ "$driver" == *io.containerd.snapshotter* ]] \
     || { echo "[setup-host] dockerd does not use the containerd image store" >&2; fail=1; }
-  docker buildx inspect 2>/dev/null | grep -q 'linux/arm64' \
+  builder=$(docker buildx inspect 2>/dev/null || true)
+  [[ "$builder" == *linux/arm64* ]] \
     || { echo "[setup-host] the buildx builder does not list linux/arm64 (QEMU binfmt)" >&2; fail=1; }
   ls "$BUSYBOX_DIR"/busybox-static_*_arm64.deb >/dev/null 2>&1 || { echo "[setup-host] no arm64 busybox-static deb in $BUSYBOX_DIR" >&2; fail=1; }
   [ "$fail" = 0 ] || die "host is not ready"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,20 +256,27 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 # ---------------------------------------------------------------- fault proxy
+Rule = Callable[[str, str], "tuple[int, bytes] | None"]  # (method, path with query) -> (status, JSON body)
+
+
 class FaultProxy:
     """A threaded TCP proxy on loopback that, for every ``every``-th connection
-    or request, resets it, delays it, or answers 500 / 429 (round robin).
+    or request (0: none), resets it, delays it, or answers 500 / 429 (round robin);
+    and answers every request that ``rule`` has an answer for itself (``refused``
+    counts them), as a registry that refuses something would.
 
     Works at the HTTP/1.1 request level on plain HTTP: it reads one request
     (headers + Content-Length body), decides, forwards it on a fresh upstream
     connection, and streams the answer back (``Connection: close``).
     """
 
-    def __init__(self, upstream: str, every: int = 3, delay: float = 0.3) -> None:
+    def __init__(self, upstream: str, every: int = 3, delay: float = 0.3, rule: Rule | None = None) -> None:
         self.upstream_host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
         self.every = every
         self.delay = delay
+        self.rule = rule
+        self.refused: list[tuple[str, str]] = []
         self.count = 0
         self.faults: dict[str, int] = {"reset": 0, "delay": 0, "500": 0, "429": 0}
         self._lock = threading.Lock()
@@ -323,8 +330,10 @@ class FaultProxy:
             with self._lock:
                 self.count += 1
                 n = self.count
+            if self.rule is not None and self._answer(conn, request):
+                return
             fault = ""
-            if n % self.every == 0:
+            if self.every and n % self.every == 0:
                 fault = ("reset", "500", "delay", "429")[(n // self.every) % 4]
                 with self._lock:
                     self.faults[fault] += 1
@@ -347,6 +356,36 @@ class FaultProxy:
                 time.sleep(self.delay)
             self._forward(conn, request)
             return
+
+    def _answer(self, conn: socket.socket, request: bytes) -> bool:
+        """Answer ``request`` as ``rule`` says, after reading its whole body; False to forward it."""
+        assert self.rule is not None
+        head, _, body = request.partition(b"\r\n\r\n")
+        method, path = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
+        answer = self.rule(method, path)
+        if answer is None:
+            return False
+        with self._lock:
+            self.refused.append((method, path))
+        length = next(
+            (int(v) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+             if k.strip().lower() == b"content-length"),
+            0,
+        )  # fmt: skip
+        left = length - len(body)
+        while left > 0:
+            chunk = conn.recv(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+        status, data = answer
+        conn.sendall(
+            f"HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + data
+        )
+        conn.close()
+        return True
 
     def _forward(self, conn: socket.socket, request: bytes) -> None:
         head, _, body = request.partition(b"\r\n\r\n")

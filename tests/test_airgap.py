@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mirror_conftest_helpers as h
 import pytest
-from mirror_conftest_helpers import PushedImage, assert_same, make_release, release_lock, run_cli
+from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_release, release_lock, run_cli
 
 from archlift.errors import ConfigError
 from archlift.localenv import LocalRegistry
 from archlift.oci import RegistryClient
+from archlift.oci.layout import REF_NAME, REPOSITORY
 from archlift.refs import ImageRef
 from archlift.steps.airgap import LOCK_PATH, SUMS, export_bundle, import_bundle, open_bundle
 from archlift.steps.mirror import Target, check
@@ -210,3 +213,147 @@ def test_published_artifacts_go_along(
         assert client.get_blob(ImageRef(imported.host, "rel/manifests"), layer) == b"a tarball of manifests"
         missing = run_cli("verify", "--registry", f"{imported.host}/other", cwd=tmp_path)
         assert missing.returncode == 9 and "manifests (configsync)" in missing.stderr
+
+
+# ------------------------------------------------------------------ all or nothing
+def _edited(src: Path, dst: Path, edits: dict[str, Callable[[bytes], bytes | None]]) -> None:
+    """``src`` with members changed (None drops one), and SHA256SUMS made to match: a bundle
+    that is consistent, as a hostile one would be, but that does not resolve."""
+    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    with tarfile.open(src) as tin:
+        for info in tin:
+            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            new = edits[info.name](data) if info.name in edits else data
+            if new is not None:
+                info.size = len(new)
+                members.append((info, new))
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {info.name}\n"
+        for info, data in members
+        if not info.name.startswith("blobs/") and info.name != SUMS
+    ).encode()
+    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for info, data in members:
+            if info.name == SUMS:
+                info.size, data = len(sums), sums
+            tout.addfile(info, io.BytesIO(data))
+
+
+def _index_tag(tag: str) -> Callable[[bytes], bytes]:
+    def change(data: bytes) -> bytes:
+        doc = json.loads(data)
+        entry = next(e for e in doc["manifests"] if e["annotations"].get(REF_NAME) == "v1")
+        entry["annotations"][REF_NAME] = tag
+        return json.dumps(doc).encode()
+
+    return change
+
+
+def _lock_tag(tag: str) -> Callable[[bytes], bytes]:
+    def change(data: bytes) -> bytes:
+        doc = json.loads(data)
+        doc["components"]["c1"]["tags"] = ["v1", tag]
+        return json.dumps(doc).encode()
+
+    return change
+
+
+def _layer_of(bundle: Path, release: dict[str, PushedImage]) -> str:
+    digest = sorted(release["c1"].blobs - release["c0"].blobs)[0]
+    return f"blobs/sha256/{digest.hex}"
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("missing blob", r"it lacks blobs/sha256/[0-9a-f]{64}, which a manifest in it needs"),
+        ("index tag ..", r"index\.json, manifests\[\d+\]: '\.\.' is not a valid tag"),
+        ("index tag path", r"index\.json, manifests\[\d+\]: '\.\./\.\./etc/passwd' is not a valid tag"),
+        ("index tag dash", r"'-rm' is not a valid tag"),
+        ("lock tag", r"component 'c1' of its archlift/release\.json has the tag 'v1/\.\./x', which is not a valid tag"),
+        ("member ..", r"member '\.\./escape\.txt' would be written outside the extraction root"),
+    ],
+)
+def test_a_bundle_that_does_not_resolve_pushes_nothing_at_all(
+    what: str,
+    message: str,
+    bundle: Path,
+    release: dict[str, PushedImage],
+    target: LocalRegistry,
+    tmp_path: Path,
+    no_docker_config: None,
+) -> None:
+    bad = tmp_path / "bad.tar"
+    if what == "member ..":
+        _rewrite(bundle, bad, _adding(_extra("../escape.txt")))
+    else:
+        edits: dict[str, Callable[[bytes], bytes | None]] = {
+            "missing blob": {_layer_of(bundle, release): lambda _: None},
+            "index tag ..": {"index.json": _index_tag("..")},
+            "index tag path": {"index.json": _index_tag("../../etc/passwd")},
+            "index tag dash": {"index.json": _index_tag("-rm")},
+            "lock tag": {LOCK_PATH: _lock_tag("v1/../x")},
+        }[what]
+        _edited(bundle, bad, edits)
+    with pytest.raises(ConfigError, match=message):
+        open_bundle(bad)
+    started = target.access_log()  # the fixture's start-up probe
+    out = run_cli("import", str(bad), "--to", target.host, "--report", "r.json", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert re.search(message, out.stderr) and "Traceback" not in out.stderr
+    assert target.access_log() == started  # not one request to the target, not even its /v2/
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["ok"] is False and re.search(message, report["error"]) and report["images"] == []
+
+
+def _refuse_manifests_of(repository: str) -> h.Rule:
+    body = json.dumps({"errors": [{"code": "MANIFEST_INVALID", "message": "refused by policy"}]}).encode()
+    return lambda method, path: (400, body) if method == "PUT" and f"/v2/{repository}/manifests/" in path else None
+
+
+def test_a_failure_in_the_middle_of_an_import_moves_no_tag_and_the_report_says_so(
+    bundle: Path, release: dict[str, PushedImage], target: LocalRegistry, tmp_path: Path, no_docker_config: None
+) -> None:
+    with FaultProxy(target.host, every=0, rule=_refuse_manifests_of("rel/c1")) as proxy:
+        out = run_cli("import", str(bundle), "--to", proxy.host, "--report", "r.json", cwd=tmp_path)
+        assert out.returncode == 8, out.stderr
+        assert proxy.refused
+    assert "c1: pushing" in out.stderr and "refused by policy" in out.stderr and "Traceback" not in out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    errors = {i["name"]: i["error"] for i in report["images"]}
+    assert "refused by policy" in errors["c1"]
+    assert errors["c0"] == errors["c2"] == "tags not moved: they wait for every image, and c1 failed"
+    assert all(i["tags_moved"] == [] for i in report["images"]) and report["ok"] is False
+    client = RegistryClient()
+    for img in release.values():  # the content of c0 and c2 went up; no tag of any image moved
+        repo = target.ref(img.ref.repository)
+        assert client.list_tags(repo) == []
+    assert client.head_manifest(target.ref("rel/c0").with_digest(release["c0"].index)) is not None
+    # the same import again, once the target takes it: only what is missing, then every tag
+    before = target.blob_uploads()
+    again = run_cli("import", str(bundle), "--to", target.host, "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert_same(client, release, target)
+    assert target.blob_uploads() == before  # every blob went up the first time: now manifests and tags only
+
+
+def test_a_bundle_without_repository_annotations_still_imports(
+    bundle: Path, release: dict[str, PushedImage], target: LocalRegistry, tmp_path: Path, no_docker_config: None
+) -> None:
+    """Entries with no repository (as an older archlift or another tool writes them) belong to every
+    repository: what refers to an image is told by its subject and its tag."""
+
+    def strip(data: bytes) -> bytes:
+        doc = json.loads(data)
+        for e in doc["manifests"]:
+            e["annotations"].pop(REPOSITORY)
+        return json.dumps(doc).encode()
+
+    old = tmp_path / "old.tar"
+    _edited(bundle, old, {"index.json": strip})
+    result = import_bundle(open_bundle(old), Target.parse(target.host), RegistryClient())
+    check(result)
+    assert_same(RegistryClient(), release, target)
+    (c0,) = [i for i in result.images if i.name == "c0"]
+    assert set(c0.extra_tags) == {release["c0"].signature_tag, f"sha256-{release['c0'].index.hex}"}
+    assert all(not i.extra_tags for i in result.images if i.name != "c0")  # nothing of c0's went to the others

@@ -453,7 +453,7 @@ def _build_and_push(
     by digest with archlift's own client, then tag it. buildx's own push is not used: the registry can
     answer its HEAD of the tag with a passing 500 when several pushes share blobs."""
     from .oci import RegistryClient
-    from .oci.layout import Layout, push_tree
+    from .oci.layout import push_image
 
     (context / "Dockerfile").write_text(dockerfile)
     build_args = [f"--build-arg={k}={v}" for k, v in sorted((args or {}).items())]
@@ -477,10 +477,8 @@ def _build_and_push(
         digest = Digest.parse(json.loads(metadata.read_text())["containerimage.digest"])
     except (OSError, KeyError, ValueError) as e:
         raise BuildError(f"seeding {what}: no image digest in the buildx metadata file ({e})") from e
-    top = next(d for d in Layout(layout).index() if d.digest == digest)
     with RegistryClient() as client:
-        push_tree(client, Layout(layout), ImageRef(ref.registry, ref.repository), top)
-        client.put_manifest(ref, Layout(layout).read(digest), top.media_type)
+        push_image(client, layout, digest, ref, (ref.tag or "latest",))
     return ImageRef(ref.registry, ref.repository, ref.tag, digest)
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from ..errors import RegistryError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import RegistryClient, RequestFailed
-from ..steps.mirror import Artifact, ImagePlan, RegistrySource, Target, Tree, collect, plan_mirror
+from ..oci.copy import ImagePlan, Tree, collect
+from ..oci.store import RegistryStore
+from ..steps.mirror import Artifact, Target, plan_mirror
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _verify_image(
         problems += [f"blob {d} is missing" for d in missing]
     subjects = {comp.index_digest} | {d.digest for d in index.descriptors()}
     try:
-        referrers, tagged = RegistrySource(client).linked(image, subjects)
+        referrers, tagged = RegistryStore(client).linked(image.source, subjects)
     except RequestFailed as e:
         if e.status:  # the source answered: a real error
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from .common import (
@@ -23,9 +24,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser(
         "import",
         help="push an exported tarball into a registry",
-        description="Check the whole tarball first (paths, links, every blob's digest, the checksum list), "
-        "then push every image to REGISTRY[/PREFIX]/<repository path>, tagging an image only once all of it "
-        "is there.",
+        description="Check the whole tarball first (paths, links, every blob's digest, the checksum list, "
+        "every manifest and blob the lock and index.json name, every tag): a bundle that fails any check pushes "
+        "nothing. Then push every image to REGISTRY[/PREFIX]/<repository path>; the tags of all images move "
+        "last, only once every image is there. The report is written in every case.",
     )
     i.add_argument("bundle", type=Path, metavar="BUNDLE.tar")
     i.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the target registry and path prefix")
@@ -37,21 +39,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from ..errors import ArchliftError
     from ..lock import write_atomic
     from ..steps.airgap import LOCK_PATH, MANIFESTS_DIR, import_bundle, open_bundle
-    from ..steps.mirror import Target, check
+    from ..steps.mirror import MirrorResult, Target, check
 
     target = Target.parse(args.to)
     client = make_client(args)
     tty = sys.stderr.isatty() and not args.json
-    if tty:
-        with RichProgress("checking") as bar:
-            bundle = open_bundle(args.bundle, bar)
-        with RichProgress("pushing") as bar:
-            result = import_bundle(bundle, target, client, jobs=args.jobs, progress=bar)
-    else:
-        bundle = open_bundle(args.bundle)
-        result = import_bundle(bundle, target, client, jobs=args.jobs)
+    start = time.monotonic()
+    try:  # the whole bundle is checked before the first request to the target
+        if tty:
+            with RichProgress("checking") as bar:
+                bundle = open_bundle(args.bundle, bar)
+            with RichProgress("pushing") as bar:
+                result = import_bundle(bundle, target, client, jobs=args.jobs, progress=bar)
+        else:
+            bundle = open_bundle(args.bundle)
+            result = import_bundle(bundle, target, client, jobs=args.jobs)
+    except BaseException as e:  # a refused bundle, Ctrl-C: the report says so too
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        if isinstance(e, ArchliftError):
+            why = e.message
+        failed = MirrorResult(str(target), (), time.monotonic() - start, client.requests, error=why)
+        write_atomic(args.report, json.dumps(failed.to_json(), indent=2, sort_keys=True) + "\n")
+        raise
     write_atomic(args.report, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     if args.extract:
         args.extract.mkdir(parents=True, exist_ok=True)
@@ -61,5 +73,6 @@ def run_import(args: argparse.Namespace) -> int:
         print_json(result.to_json())
     else:
         print(result.summary())
+        print(f"report: {args.report}")
     check(result)
     return 0

@@ -756,21 +756,14 @@ class RegistryClient:
         """Stream a blob from ``src`` to ``dst`` (GET -> PUT, never whole in memory),
         verifying its sha256 before the upload is committed. Returns bytes sent."""
 
-        def opener() -> tuple[Iterable[bytes], Callable[[], None]]:
-            resp = self.open_blob(src, desc.digest)
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != desc.size:
-                resp.close()
-                raise DigestMismatch(
-                    f'blob {desc.digest} from "{src.name}": the registry has {length} bytes for it, '
-                    f"the manifest says {desc.size}",
-                    expected=desc.digest,
-                    actual="",
-                )
-            return resp.chunks(), resp.release
-
         return self.upload_stream(
-            dst, desc, opener, origin=f'"{src.name}"', location=location, progress=progress, attempts=attempts
+            dst,
+            desc,
+            lambda: self.blob_chunks(src, desc),
+            origin=f'"{src.name}"',
+            location=location,
+            progress=progress,
+            attempts=attempts,
         )
 
     def upload_stream(
@@ -811,6 +804,42 @@ class RegistryClient:
                     progress(-sent[0])
                 log.debug("%s: %s; starting again", context, e)
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ for the stores (archlift.oci.store)
+    def blob_chunks(self, repo: ImageRef, desc: Descriptor) -> tuple[Iterable[bytes], Callable[[], None]]:
+        """The blob's bytes as they arrive, and the function that ends the answer: what a
+        store's ``blob`` opener gives the copy. A length other than the descriptor's size is
+        refused before the body is read; a read that breaks is a temporary ``RequestFailed``
+        (the copy starts the blob again). Check the bytes with ``verified_chunks``."""
+        resp = self.open_blob(repo, desc.digest)
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != desc.size:
+            resp.close()
+            raise DigestMismatch(
+                f'blob {desc.digest} from "{repo.name}": the registry has {length} bytes for it, '
+                f"the manifest says {desc.size}",
+                expected=desc.digest,
+                actual="",
+            )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from resp.chunks()
+            except (TransportError, OSError) as e:  # a reset, a timeout, a short body
+                raise RequestFailed(
+                    f'reading blob {desc.digest.short()} from "{repo.name}": {e.__class__.__name__}', temporary=True
+                ) from None
+
+        return chunks(), resp.release
+
+
+def verified_chunks(
+    chunks: Iterable[bytes], desc: Descriptor, origin: str, progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """``chunks`` checked against ``desc`` as they pass, the last one held back until the size and
+    digest match (``DigestMismatch`` otherwise; more bytes than the size stop the read at once):
+    what a store writes a blob through, so a wrong one is never committed."""
+    return _verified(chunks, desc, origin, [0], progress)
 
 
 def _verified(

@@ -23,8 +23,8 @@ from .. import buildx
 from ..config.model import Component, Config
 from ..errors import ArchliftError, BuildError, MirrorError
 from ..lock import ComponentRelease, PatchRecord, Upstream
-from ..oci import Descriptor, Manifest, RegistryClient
-from ..oci.layout import Layout, push_tree
+from ..oci import RegistryClient
+from ..oci.layout import Layout, push_image
 from ..refs import Digest
 from ..ui import Reporter
 from . import inputs as inputs_mod
@@ -101,15 +101,11 @@ def push_layout(client: RegistryClient, job: BuildJob, digest: Digest, report: R
     are there); the layout is kept for the check against the bake's metadata."""
     layout = Layout(job.layout)
     if early:
-        raw = layout.read(digest)  # verified against the digest
-        top = Descriptor(Manifest.of(raw).media_type, digest, len(raw))
-    else:
-        top_or_none = next((d for d in layout.index() if d.digest == digest), None)
-        if top_or_none is None:
-            raise BuildError(f"{job.comp.name}: the build reported {digest}, which its OCI layout does not hold")
-        top = top_or_none
+        layout.read(digest)  # there, and verified against the digest
+    elif all(d.digest != digest for d in layout.index()):
+        raise BuildError(f"{job.comp.name}: the build reported {digest}, which its OCI layout does not hold")
     report(job.comp.name, "", f"pushing {digest.short()} by digest")
-    push_tree(client, layout, job.comp.image, top)
+    push_image(client, layout.root, digest, job.comp.image)
     if not early:
         shutil.rmtree(layout.root, ignore_errors=True)
 

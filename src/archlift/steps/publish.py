@@ -1,6 +1,7 @@
 """Publish rendered manifests as OCI artifacts that Config Sync and Flux sync (see docs/manifests.md).
 
-Two forms of the same files, pushed with oras-py to one repository under two tags:
+Two forms of the same files, pushed to one repository under two tags with the one copy
+(``archlift.oci.copy``, archlift's registry client: see docs/manifests.md):
 
 - ``TAG``: for Config Sync's ``RootSync`` with ``sourceType: oci``: one layer, a tar of
   the YAML files (``application/vnd.oci.image.layer.v1.tar``), as ``oras push dir.tar``
@@ -20,25 +21,22 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import logging
 import tarfile
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import oras.provider
-
 from ..errors import ConfigError, PublishError, RegistryError
 from ..lock import write_atomic
-from ..oci import auth
-from ..oci.client import RegistryClient, is_loopback
+from ..oci import Descriptor, Manifest, auth
+from ..oci.client import RegistryClient, chunks_of, is_loopback
+from ..oci.copy import ImagePlan, copy
+from ..oci.layout import LayoutStore
+from ..oci.store import Opener, RegistryStore
 from ..refs import Digest, ImageRef, is_tag
 from .render import dump_document
-
-log = logging.getLogger("archlift.steps.publish")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -47,9 +45,6 @@ FLUX_CONFIG = "application/vnd.cncf.flux.config.v1+json"
 FLUX_CONTENT = "application/vnd.cncf.flux.content.v1.tar+gzip"
 ARTIFACT_TYPE = "application/vnd.archlift.manifests.v1"
 TITLE = "org.opencontainers.image.title"
-_RETRIES = 4
-_TEMPORARY = (429, 500, 502, 503, 504)
-_CREDENTIALS_HINT = "check the credentials (docker login, or ARCHLIFT_REGISTRY_USERNAME/PASSWORD)"
 
 
 @dataclass(frozen=True)
@@ -166,123 +161,44 @@ def build_artifacts(files: Sequence[tuple[str, bytes]]) -> tuple[Artifact, ...]:
 
 
 # --- pushing ----------------------------------------------------------------------------
-class _Oras(oras.provider.Registry):  # type: ignore[misc]
-    """oras-py's registry without its retry-on-any-exception: retry only what is temporary."""
-
-    def do_request(
-        self,
-        url: str,
-        method: str = "GET",
-        data: Any = None,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        stream: bool = False,
-    ) -> Any:
-        once = oras.provider.Registry.do_request.__wrapped__
-        for attempt in range(_RETRIES):
-            last = attempt == _RETRIES - 1
-            try:
-                resp = once(self, url, method, data, dict(headers or {}), json, stream)
-            except OSError as e:  # requests' ConnectionError and timeouts are OSErrors
-                if last or "refused" in str(e).lower():
-                    raise PublishError(f"{method} {url}: {e}") from None
-                log.debug("%s %s: %s; retrying", method, url, e)
-            else:
-                if resp.status_code not in _TEMPORARY or last:
-                    return resp
-                log.debug("%s %s: HTTP %s; retrying", method, url, resp.status_code)
-            time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    scheme: str  # "https" | "http"
-    tls_verify: bool | str  # False, True, or a CA bundle
-    challenge: str  # "basic" | "bearer" | "" (none asked)
-    token: str = field(default="", repr=False)  # for "bearer": one to pull and push the target
-
-
-def probe(target: ImageRef, *, insecure: bool = False, ca_file: str | None = None) -> Endpoint:
-    """How to talk to the registry of ``target`` (the registry client's choice of scheme and CA:
-    HTTPS, or plain HTTP only for loopback or ``insecure``), which authentication ``/v2/`` asks
-    for, and for a token service, a token to push ``target`` with: oras-py keeps the first token
-    it is given, whatever its scope, so a pull token would fail the push."""
-    host = target.registry
-    with RegistryClient(insecure=insecure, ca_file=ca_file, retries=2) as client:
+def push_all(
+    artifacts: Sequence[Artifact], target: ImageRef, *, insecure: bool = False, ca_file: str | None = None
+) -> tuple[dict[str, bool], bool]:
+    """Push every artifact to ``target`` under its tag with the one copy (``archlift.oci.copy``),
+    by way of a layout directory: each tag is asked for first, and when it already points at the
+    artifact nothing is written. Returns ``form -> pushed`` and whether the registry speaks plain HTTP."""
+    host, repo = target.registry, ImageRef(target.registry, target.repository)
+    tag = target.tag or "latest"
+    with RegistryClient(insecure=insecure, ca_file=ca_file) as client, tempfile.TemporaryDirectory() as tmp:
         try:
-            challenge = client.ping(host)
-            token = client.token(target, "pull,push") if challenge == "bearer" else ""
+            challenge = client.ping(host)  # the scheme, TLS, and what the registry asks for
+            if challenge == "basic" and not auth.lookup(host):
+                raise PublishError(
+                    f"pushing {target}: the registry asks for a user name and password, and none are configured "
+                    f"for {host}",
+                    hint=f"docker login {host}, or set {auth.env_name(host)}=user:password",
+                )
+            client.token(repo, "pull,push")  # the credentials, checked once with a clear refusal
         except RegistryError as e:
             raise PublishError(e.message, hint=e.hint) from None
-        scheme = client.scheme(host)
-        return Endpoint(host, scheme, client.tls_verify(host) if scheme == "https" else False, challenge, token)
+        layout = LayoutStore(Path(tmp))
+        images = []
+        for artifact in artifacts:
+            for blob in (artifact.config, artifact.layer):
+                desc = Descriptor(blob.media_type, blob.digest, len(blob.data))
+                layout.put_blob(repo, desc, _reader(blob.data), origin="publish")
+            layout.put_manifest(repo.with_digest(artifact.digest), Manifest.of(artifact.manifest, OCI_MANIFEST))
+            tags = (tag + artifact.form.tag_suffix,)
+            images.append(ImagePlan(artifact.form.name, repo.with_digest(artifact.digest), repo, tags, ()))
+        results = copy(images, layout, RegistryStore(client), jobs=2)
+        failed = [r for r in results if r.error]
+        if failed:
+            raise PublishError("; ".join(f"pushing {target.name}:{r.tags[0]} ({r.name}): {r.error}" for r in failed))
+        return {r.name: not r.up_to_date for r in results}, client.scheme(host) == "http"
 
 
-def push(artifact: Artifact, ref: ImageRef, endpoint: Endpoint) -> bool:
-    """Push ``artifact`` to ``ref`` (a tag) with oras-py. HEAD first: returns False, writing
-    nothing, when the tag already points at this very artifact."""
-    client = _Oras(
-        hostname=ref.registry,
-        insecure=endpoint.scheme == "http",
-        tls_verify=endpoint.tls_verify,
-        auth_backend="basic" if endpoint.challenge == "basic" else "token",
-    )
-    creds = auth.NO_CREDENTIALS if endpoint.token else auth.lookup(ref.registry)
-    if endpoint.token:  # checked already, with the credentials, by the token service
-        client.auth.set_token_auth(endpoint.token)
-    elif creds.username or creds.password:
-        client.auth.set_basic_auth(creds.username, creds.password)
-    elif endpoint.challenge == "basic":
-        raise PublishError(
-            f"pushing {ref}: the registry asks for a user name and password, and none are configured for "
-            f"{ref.registry}",
-            hint=f"docker login {ref.registry}, or set {auth.env_name(ref.registry)}=user:password",
-        )
-    container = client.get_container(str(ref))
-    context = f"pushing {ref} ({artifact.form.name})"
-    try:
-        if creds:  # check the credentials once, with a clear message when they are refused
-            resp = client.do_request(f"{client.prefix}://{ref.registry}/v2/", "GET")
-            if resp.status_code in (401, 403):
-                raise PublishError(
-                    f"{context}: the registry refused the credentials from {creds.source} (HTTP {resp.status_code})",
-                    hint=f"check them: docker login {ref.registry}, or {auth.env_name(ref.registry)}=user:password",
-                )
-        url = f"{client.prefix}://{container.manifest_url(ref.tag)}"
-        resp = client.do_request(url, "HEAD", headers={"Accept": OCI_MANIFEST})
-        if resp.status_code == 200 and resp.headers.get("Docker-Content-Digest") == str(artifact.digest):
-            return False
-        with tempfile.TemporaryDirectory(prefix="archlift-publish-") as tmp:
-            for blob in (artifact.layer, artifact.config):
-                path = Path(tmp) / blob.digest.hex
-                path.write_bytes(blob.data)
-                resp = client.upload_blob(str(path), container, blob.descriptor())
-                _check(resp, f"{context}: uploading blob {blob.digest.short()}")
-        resp = client.do_request(url, "PUT", data=artifact.manifest, headers={"Content-Type": OCI_MANIFEST})
-        _check(resp, f"{context}: putting the manifest")
-    except PublishError:
-        raise
-    except (ValueError, OSError) as e:  # what oras-py raises (auth failures, bad answers)
-        raise PublishError(f"{context}: {e}") from e
-    stored = resp.headers.get("Docker-Content-Digest", "")
-    if stored and stored != str(artifact.digest):
-        raise PublishError(f"{context}: the registry stored {stored}, expected {artifact.digest}")
-    return True
-
-
-def _check(resp: Any, context: str) -> None:
-    if resp.status_code in (200, 201, 202):
-        return
-    detail = ""
-    try:
-        errors = resp.json().get("errors") or []
-        detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
-    except ValueError:
-        detail = resp.text[:300]
-    hint = _CREDENTIALS_HINT if resp.status_code in (401, 403) else ""
-    raise PublishError(f"{context}: HTTP {resp.status_code}" + (f" ({detail})" if detail else ""), hint=hint)
+def _reader(data: bytes) -> Opener:
+    return lambda: (chunks_of(data), lambda: None)
 
 
 # --- the step -------------------------------------------------------------------------------
@@ -343,22 +259,23 @@ def publish(
     """Push both forms of the files under ``directory`` to ``target`` (``TAG`` and ``TAG-flux``)."""
     files = collect_files(directory)
     artifacts = build_artifacts(files)
-    endpoint = None if dry_run else probe(target, insecure=insecure, ca_file=ca_file)
+    pushed: dict[str, bool] = {}
+    plain = is_loopback(target.registry)
+    if not dry_run:
+        pushed, plain = push_all(artifacts, target, insecure=insecure, ca_file=ca_file)
     out = []
     tag = target.tag or "latest"
     for artifact in artifacts:
         ref = target.with_tag(tag + artifact.form.tag_suffix)
-        pushed = endpoint is not None and push(artifact, ref, endpoint)
         out.append(
             Published(
                 artifact.form.name,
                 ImageRef(ref.registry, ref.repository, ref.tag, artifact.digest),
                 artifact.layer.media_type,
                 artifact.layer.digest,
-                pushed,
+                pushed.get(artifact.form.name, False),
             )
         )
-    plain = endpoint.scheme == "http" if endpoint else is_loopback(target.registry)
     return Publication(target.with_tag(tag), tuple(n for n, _ in files), tuple(out), plain)
 
 

@@ -1,0 +1,574 @@
+"""The one copy: images from a ``Source`` store to a ``Target`` store, digests preserved.
+
+``copy(images, source, target)`` -> one ``ImageResult`` per ``ImagePlan``. It is
+the mirror (registry -> registry), the export (registry -> layout archive), the
+import (archive -> registry), the build's push (layout directory -> registry) and
+publish (layout directory -> registry); stores are in ``archlift.oci.store``.
+What is copied for each image: its whole tree (platform manifests, configs,
+layers, BuildKit attestation manifests), what refers to it (referrers, and
+cosign / referrers-schema ``sha256-<hex>[.sig|.att|.sbom]`` tags), then its tags.
+
+How it stays fast and correct:
+- an image whose index is on the target already costs manifest checks only (its
+  tags, when they point at it, prove it);
+- each blob is checked once per target repository (or, in a registry seen to
+  mount, asked with a mount from that repository itself: one request either
+  way), sent once even when many images share it, and mounted into the other
+  repositories (and from the source, when both are one registry); a refused
+  mount is an upload;
+- blobs go small first (configs and attestations: an image's manifests can go
+  early), then the biggest first (the copy ends evenly), through a pool of
+  ``jobs`` threads, verified while they stream, never whole in memory;
+- manifests go children first, as soon as an image's blobs are there; tags go
+  last, only once everything of the image is there (``tags_together``: only
+  once everything of every image is there, and not at all when one failed);
+- Ctrl-C starts nothing new and moves no more tags; a copy run again sends only
+  what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import RegistryError
+from ..refs import Digest, ImageRef
+from .client import DigestMismatch
+from .model import ATTESTATION_FOR, Descriptor, Manifest
+from .store import Source, Target
+
+MAX_DEPTH = 8  # index levels: an index of indexes of images is 3
+
+
+# ---------------------------------------------------------------------- in and out
+@dataclass(frozen=True)
+class ImagePlan:
+    name: str
+    source: ImageRef  # pinned by the index digest, in the source store
+    target: ImageRef  # the repository in the target store (no tag, no digest)
+    tags: tuple[str, ...]
+    platforms: tuple[str, ...]  # what the lock records
+    manifests: tuple[Digest, ...] = ()  # the lock's platform and attestation manifests (signature subjects)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "target": self.target.name,
+            "tags": list(self.tags),
+            "platforms": list(self.platforms),
+        }
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    name: str
+    source: str
+    target: str  # repository@digest on the target
+    digest: Digest  # the index digest on the target (differs from the source only with a platform filter)
+    platforms: tuple[str, ...]
+    dropped_platforms: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tags_moved: tuple[str, ...] = ()
+    extra_tags: tuple[str, ...] = ()  # cosign / referrer tags copied
+    referrers: int = 0
+    up_to_date: bool = False
+    blobs: int = 0
+    blobs_sent: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    bytes_sent: int = 0
+    manifests_pushed: int = 0
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "target": self.target,
+            "digest": str(self.digest),
+            "platforms": list(self.platforms),
+            "dropped_platforms": list(self.dropped_platforms),
+            "tags": list(self.tags),
+            "tags_moved": list(self.tags_moved),
+            "extra_tags": list(self.extra_tags),
+            "referrers": self.referrers,
+            "up_to_date": self.up_to_date,
+            "blobs": {
+                "total": self.blobs,
+                "sent": self.blobs_sent,
+                "skipped": self.blobs_skipped,
+                "mounted": self.blobs_mounted,
+            },
+            "bytes_sent": self.bytes_sent,
+            "manifests_pushed": self.manifests_pushed,
+            "error": self.error,
+        }
+
+
+class Progress(Protocol):
+    def start(self, total_bytes: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, total_bytes: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- trees
+@dataclass(eq=False)
+class Tree:
+    """Manifests in push order (children first) and the blobs they need."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+
+
+def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
+    """Add ``manifest``, everything below it first, to ``tree``: walked without recursion,
+    at most ``MAX_DEPTH`` indexes deep."""
+    if manifest.digest in seen:
+        return
+    seen.add(manifest.digest)
+    stack = [(manifest, iter(manifest.descriptors()))]
+    while stack:
+        parent, children = stack[-1]
+        for d in children:
+            if not (parent.is_index and d.is_manifest):
+                tree.blobs[d.digest] = d
+            elif d.digest not in seen:
+                if len(stack) >= MAX_DEPTH:
+                    raise RegistryError(f"{manifest.digest}: indexes nested more than {MAX_DEPTH} deep")
+                seen.add(d.digest)
+                child = fetch(d.digest)
+                stack.append((child, iter(child.descriptors())))
+                break
+        else:
+            stack.pop()
+            tree.manifests.append(parent)
+
+
+def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifest, tuple[str, ...]]:
+    """The index with only ``platforms`` (and the attestations of those); the dropped platforms."""
+    if not platforms or not index.is_index:
+        return index, ()
+    doc = index.json()
+    kept, dropped, kept_digests = [], [], set()
+    for raw, d in zip(doc.get("manifests") or [], index.descriptors(), strict=True):
+        if d.platform is not None and not d.is_attestation and str(d.platform) not in platforms:
+            dropped.append(str(d.platform))
+            continue
+        kept.append((raw, d))
+        kept_digests.add(str(d.digest))
+    if not dropped:
+        return index, ()
+    manifests = [
+        raw for raw, d in kept if not d.is_attestation or d.annotations.get(ATTESTATION_FOR, "") in kept_digests
+    ]
+    new = Manifest.of(json.dumps({**doc, "manifests": manifests}, indent=2).encode(), index.media_type)
+    return new, tuple(sorted(dropped))
+
+
+# ---------------------------------------------------------------------- the work
+@dataclass(eq=False)
+class Work:
+    """One image on its way: what the source has and the target lacks."""
+
+    plan: ImagePlan
+    index: Manifest | None = None
+    dropped: tuple[str, ...] = ()
+    up_to_date: bool = False
+    tree: Tree = field(default_factory=Tree)  # the index and what it holds, when the target lacks it
+    extras: list[tuple[str, Tree]] = field(default_factory=list)  # tag ("" = by digest) -> tree, top last
+    referrers: int = 0
+    tags_to_move: list[str] = field(default_factory=list)
+    sent: int = 0
+    skipped: int = 0
+    mounted: int = 0
+    bytes_sent: int = 0
+    manifests_pushed: int = 0
+    error: str = ""
+    remaining: int = 0  # blobs not yet handled
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            self.error = self.error or message
+
+    def count(self, *, sent: int = 0, skipped: int = 0, mounted: int = 0, nbytes: int = 0) -> None:
+        """Blob counters; several worker threads count for one image at once."""
+        with self.lock:
+            self.sent += sent
+            self.skipped += skipped
+            self.mounted += mounted
+            self.bytes_sent += nbytes
+
+    def all_blobs(self) -> dict[Digest, Descriptor]:
+        out = dict(self.tree.blobs)
+        for _, t in self.extras:
+            out.update(t.blobs)
+        return out
+
+    @property
+    def moves_tags(self) -> bool:
+        return bool(self.tags_to_move) or any(tag for tag, _ in self.extras)
+
+
+@dataclass(eq=False)
+class _BlobState:
+    """One digest across the images that need it."""
+
+    desc: Descriptor
+    pending: list[Work] = field(default_factory=list)  # images waiting for it (guarded by the copy's lock)
+    home: ImageRef | None = None  # a target repository that has it: mount from there
+    done: set[str] = field(default_factory=set)  # target repositories that have it
+
+
+SMALL_BLOB = 1 << 20
+
+
+def _order(desc: Descriptor) -> tuple[bool, int]:
+    """Small blobs first, then the biggest first."""
+    return (desc.size >= SMALL_BLOB, -desc.size if desc.size >= SMALL_BLOB else desc.size)
+
+
+class _Copy:
+    def __init__(
+        self,
+        images: Sequence[ImagePlan],
+        source: Source,
+        target: Target,
+        platforms: Sequence[str],
+        jobs: int,
+        progress: Progress,
+        tags_together: bool,
+    ) -> None:
+        self.images = tuple(images)
+        self.source = source
+        self.target = target
+        self.platforms = tuple(platforms)
+        self.jobs = max(1, jobs)
+        self.progress = progress
+        self.tags_together = tags_together
+        self._cond = threading.Condition()
+        self._states: dict[Digest, _BlobState] = {}
+        self._finished = 0
+        self._total = 0
+        self._crash: BaseException | None = None
+        self._stop = threading.Event()
+        self._discoveries = 0
+
+    # --- discovery (per image) ---------------------------------------
+    def discover(self, w: Work) -> None:
+        """What of the image the target lacks. An image whose index is there already
+        costs manifest checks only (and one look for new signatures in the source)."""
+        t, dst, image = self.target, w.plan.target, w.plan
+        assert image.source.digest is not None
+
+        def fetch(d: Digest) -> Manifest:
+            return self.source.manifest(image.source, d)
+
+        # Without a platform filter the index keeps its digest: tags that point at it prove it is there.
+        tagged_at = {} if self.platforms else {tag: t.resolve(dst.with_tag(tag)) for tag in image.tags}
+        tags_prove_it = bool(tagged_at) and all(d and d.digest == image.source.digest for d in tagged_at.values())
+        if not self.platforms and (tags_prove_it or t.resolve(dst.with_digest(image.source.digest)) is not None):
+            subjects = {image.source.digest, *image.manifests}
+            if not image.manifests:  # not known from the lock: ask
+                w.index = fetch(image.source.digest)
+                subjects |= {d.digest for d in w.index.descriptors()}
+            index_digest = image.source.digest
+        else:
+            source_index = fetch(image.source.digest)
+            w.index, w.dropped = filter_platforms(source_index, self.platforms)
+            unchanged = not self.platforms  # its check above said it is missing
+            if unchanged or t.resolve(dst.with_digest(w.index.digest)) is None:
+                seen: set[Digest] = set()
+                if w.index is not source_index:
+                    for d in w.index.descriptors():
+                        collect(fetch, fetch(d.digest), w.tree, seen)
+                    w.tree.manifests.append(w.index)
+                else:
+                    collect(fetch, w.index, w.tree, seen)
+            subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
+            index_digest = w.index.digest
+        referrers, tagged = self.source.linked(image.source, subjects)
+        for digest in referrers:
+            w.referrers += 1
+            if t.resolve(dst.with_digest(digest)) is None:
+                tree = Tree()
+                collect(fetch, fetch(digest), tree, set())
+                w.extras.append(("", tree))
+        for tag, digest in tagged:
+            w.referrers += 1
+            have = t.resolve(dst.with_tag(tag))
+            if have is None or have.digest != digest:
+                tree = Tree()
+                collect(fetch, fetch(digest), tree, set())
+                w.extras.append((tag, tree))
+        for tag in image.tags:
+            have = tagged_at[tag] if tag in tagged_at else t.resolve(dst.with_tag(tag))
+            if have is None or have.digest != index_digest:
+                w.tags_to_move.append(tag)
+        if w.tags_to_move and w.index is None:
+            w.index = fetch(index_digest)
+        w.up_to_date = not (w.tags_to_move or w.tree.manifests or w.extras)
+
+    # --- blobs (per digest, across images) -----------------------------
+    def blob(self, st: _BlobState, users: list[Work]) -> None:
+        """One blob into every target repository that needs it: a check in each (what is
+        there is skipped), then one upload, or none when some repository of the target
+        has it already (or the source is the same registry), and a cross-repository mount
+        into the others. (Into a registry seen to honour mounts, a blob for one repository
+        asks with a mount from that repository instead of the check.)"""
+        t, desc = self.target, st.desc
+        by_repo: dict[str, list[Work]] = {}
+        for w in users:
+            by_repo.setdefault(w.plan.target.repository, []).append(w)
+        first = users[0].plan
+        origin = t.mount_origin(self.source, first.source, first.target)
+
+        def settle(works: list[Work], **counter: int) -> None:
+            works[0].count(**counter)
+            for other in works[1:]:
+                other.count(skipped=1)
+            for _ in works:
+                self.progress.advance(desc.size)
+            st.done.add(works[0].plan.target.repository)
+
+        def failed(works: list[Work], e: RegistryError) -> None:
+            message = e.message if isinstance(e, DigestMismatch) else f"blob {desc.digest.short()}: {e.message}"
+            for other in works:
+                other.fail(message)
+
+        missing: list[list[Work]] = []
+        self_mount = False
+        for repo, works in by_repo.items():
+            if repo in st.done:  # an earlier image with the same target repository brought it
+                settle(works, skipped=1)
+            elif st.home is not None:  # known elsewhere in the target: a mount will do
+                missing.append(works)
+            elif len(by_repo) == 1 and t.asks_with_mounts(works[0].plan.target):
+                # One request for both: a mount from the repository itself answers 201 when
+                # the blob is there, else opens the upload session the blob is sent to.
+                missing.append(works)
+                self_mount = True
+            else:
+                try:
+                    if t.has_blob(works[0].plan.target, desc.digest):
+                        settle(works, skipped=1)
+                        st.home = works[0].plan.target
+                    else:
+                        missing.append(works)
+                except RegistryError as e:
+                    failed(works, e)
+        for works in missing:
+            w = works[0]
+            dst = w.plan.target
+            home = st.home or origin or (dst if self_mount else None)
+            try:
+                upload: str | None = None
+                if home is not None:
+                    upload = t.mount(dst, desc.digest, home)
+                    if upload is None:
+                        settle(works, **({"skipped": 1} if home == dst else {"mounted": 1}))
+                        st.home = st.home or dst
+                        continue
+                n = t.put_blob(
+                    dst,
+                    desc,
+                    self.source.blob(w.plan.source, desc),
+                    origin=self.source.where(w.plan.source),
+                    upload=upload,
+                    progress=self.progress.advance,
+                )
+                settle(works, sent=1, nbytes=n)
+                st.home = st.home or dst
+            except RegistryError as e:
+                failed(works, e)
+
+    # --- manifests and tags (per image) --------------------------------
+    def push(self, w: Work) -> None:
+        """The image's manifests, children first, then (unless ``tags_together``) its tags;
+        the index goes up with its first tag, a tagged referrer with its tag."""
+        if w.error:
+            return
+        t, dst, now = self.target, w.plan.target, not self.tags_together
+        index_with_tag = now and bool(w.tags_to_move) and any(m is w.index for m in w.tree.manifests)
+        try:
+            for m in w.tree.manifests:
+                if index_with_tag and m is w.index:  # its first tag push below brings it
+                    continue
+                t.put_manifest(dst.with_digest(m.digest), m)
+                w.manifests_pushed += 1
+            for tag, tree in w.extras:
+                for n, m in enumerate(tree.manifests):
+                    top = n == len(tree.manifests) - 1
+                    t.put_manifest(dst.with_tag(tag) if top and tag and now else dst.with_digest(m.digest), m)
+                    w.manifests_pushed += 1
+            if now:  # only now, with everything of the image present, move its tags
+                self.move_tags(w, extras=False, index_with_tag=index_with_tag)
+        except RegistryError as e:
+            w.fail(e.message)
+
+    def move_tags(self, w: Work, *, extras: bool, index_with_tag: bool = False) -> None:
+        t, dst = self.target, w.plan.target
+        if extras:
+            for tag, tree in w.extras:
+                if tag:
+                    t.put_manifest(dst.with_tag(tag), tree.manifests[-1])
+        for n, tag in enumerate(w.tags_to_move):
+            assert w.index is not None
+            t.put_manifest(dst.with_tag(tag), w.index)
+            if n == 0 and index_with_tag:
+                w.manifests_pushed += 1
+
+    def move_all_tags(self, works: list[Work]) -> None:
+        """``tags_together``: every image's tags, once every image's content is there; none when one failed."""
+        failed = sorted(w.plan.name for w in works if w.error)
+        if failed:
+            for w in works:
+                if not w.error and w.moves_tags:
+                    w.fail(f"tags not moved: they wait for every image, and {', '.join(failed)} failed")
+            return
+
+        def one(w: Work) -> None:
+            try:
+                self.move_tags(w, extras=True)
+            except RegistryError as e:
+                w.fail(e.message)
+
+        list(self._meta_pool.map(one, [w for w in works if w.moves_tags]))
+
+    # --- the pipeline ----------------------------------------------------
+    # Manifests (discovery, then pushes) run on a pool of their own; blobs on the
+    # ``jobs`` pool once every image is discovered (only then is it known which
+    # blobs images share, and which target repositories may have one already).
+    # One task per digest serves every image that needs the blob, so each is sent
+    # once. An image's manifests (and tags) go as soon as its last blob is there,
+    # while other images' blobs are still copying.
+    def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
+        def guarded() -> None:
+            if self._stop.is_set():  # interrupted: start nothing new
+                return
+            try:
+                fn(*args)
+            except BaseException as e:  # a bug: keep it, finish the bookkeeping, raise it at the end
+                with self._cond:
+                    self._crash = self._crash or e
+                    self._finished = len(self.images)
+                    self._cond.notify_all()
+                raise
+
+        if not self._stop.is_set():
+            pool.submit(guarded)
+
+    def _discovered(self, w: Work) -> None:
+        try:
+            self.discover(w)
+        except RegistryError as e:
+            w.fail(e.message)
+        blobs = {} if w.error else w.all_blobs()
+        start: list[_BlobState] = []
+        with self._cond:
+            w.remaining = len(blobs)
+            self._total += sum(d.size for d in blobs.values())
+            for digest, desc in blobs.items():
+                self._states.setdefault(digest, _BlobState(desc)).pending.append(w)
+            self._discoveries += 1
+            if self._discoveries == len(self.images):
+                start = sorted(self._states.values(), key=lambda st: _order(st.desc))
+        self.progress.start(self._total)
+        if not blobs:
+            self._spawn(self._meta_pool, self._pushed, w)
+        for st in start:
+            self._spawn(self._blob_pool, self._blob_task, st)
+
+    def _blob_task(self, st: _BlobState) -> None:
+        batch, st.pending = st.pending, []
+        self.blob(st, batch)
+        for w in batch:
+            with self._cond:
+                w.remaining -= 1
+                last = w.remaining == 0
+            if last:
+                self._spawn(self._meta_pool, self._pushed, w)
+
+    def _pushed(self, w: Work) -> None:
+        self.push(w)
+        with self._cond:
+            self._finished += 1
+            self._cond.notify_all()
+
+    def run(self) -> tuple[ImageResult, ...]:
+        works = [Work(p) for p in self.images]
+        self._blob_pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="copy-blob")
+        self._meta_pool = ThreadPoolExecutor(8, thread_name_prefix="copy-meta")
+        try:
+            for w in works:
+                self._spawn(self._meta_pool, self._discovered, w)
+            with self._cond:
+                self._cond.wait_for(lambda: self._finished >= len(works))
+            if self.tags_together and self._crash is None:
+                self.move_all_tags(works)
+        except BaseException:  # Ctrl-C: no new copies, no tag moves; copies under way end on their own
+            self._stop.set()
+            raise
+        finally:
+            for pool in (self._meta_pool, self._blob_pool):
+                pool.shutdown(wait=not self._stop.is_set(), cancel_futures=self._stop.is_set())
+        if self._crash is not None:
+            raise self._crash
+        return tuple(self._result(w) for w in works)
+
+    def _result(self, w: Work) -> ImageResult:
+        digest = w.index.digest if w.index else w.plan.source.digest
+        assert digest is not None
+        platforms = (
+            tuple(sorted(str(d.platform) for d in w.index.descriptors() if d.platform and not d.is_attestation))
+            if w.index and w.index.is_index
+            else w.plan.platforms
+        )
+        return ImageResult(
+            name=w.plan.name,
+            source=str(w.plan.source),
+            target=str(w.plan.target.with_digest(digest)),
+            digest=digest,
+            platforms=platforms,
+            dropped_platforms=w.dropped,
+            tags=w.plan.tags,
+            tags_moved=tuple(w.tags_to_move) if not w.error else (),
+            extra_tags=tuple(t for t, _ in w.extras if t),
+            referrers=w.referrers,
+            up_to_date=w.up_to_date and not w.error,
+            blobs=len(w.all_blobs()),
+            blobs_sent=w.sent,
+            blobs_skipped=w.skipped,
+            blobs_mounted=w.mounted,
+            bytes_sent=w.bytes_sent,
+            manifests_pushed=w.manifests_pushed,
+            error=w.error,
+        )
+
+
+def copy(
+    images: Sequence[ImagePlan],
+    source: Source,
+    target: Target,
+    *,
+    platforms: Sequence[str] = (),
+    jobs: int = 8,
+    progress: Progress | None = None,
+    tags_together: bool = False,
+) -> tuple[ImageResult, ...]:
+    """Copy ``images`` from ``source`` to ``target`` (only ``platforms`` of each index, when
+    given: its digest then changes). Failures are per image (``ImageResult.error``): a failed
+    image moves no tag; with ``tags_together``, no image moves a tag unless all succeed."""
+    return _Copy(images, source, target, platforms, jobs, progress or NoProgress(), tags_together).run()
