@@ -39,6 +39,13 @@ class SourceError(ArchliftError):
     title = "source"
 
 
+class SourceInputError(SourceError):
+    """A ref or URL given as input (``upgrade --to``) that the upstream does not have or that cannot
+    be reached: bad input, nothing was changed."""
+
+    exit_code = 2
+
+
 class PatchError(ArchliftError):
     exit_code = 4
     title = "patch"
