@@ -852,6 +852,9 @@ def _leave_conflict(report: UpgradeReport, tree: Path, done: Replay) -> UpgradeR
     first = done.queue_commits[i]
     last = next(c for c in reversed(done.queue_commits) if c)
     assert first is not None
+    for key, value in (("user.name", GIT_ENV["GIT_COMMITTER_NAME"]), ("user.email", GIT_ENV["GIT_COMMITTER_EMAIL"])):
+        if _git(tree, "config", key)[0] != 0:  # so that 'git cherry-pick --continue' works with no identity set
+            git("config", key, value, cwd=tree)
     _git(tree, "cherry-pick", f"{first}^..{last}")
     files = tuple(git("diff", "--name-only", "--diff-filter=U", cwd=tree).splitlines())
     results = report.results
