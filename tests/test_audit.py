@@ -161,12 +161,12 @@ def test_collect_root_images_yaml() -> None:
     """The Config Sync images.yaml: mirrors, published images and the base images its builds name."""
     targets = {t.text: t for t in collect([str(ROOT / "images.yaml")])}
     assert "registry.k8s.io/git-sync/git-sync:v4.4.2" in targets
-    assert "docker.io/otel/opentelemetry-collector-contrib:0.118.0" in targets
-    assert "ghcr.io/example/config-sync/reconciler:v1.22.0" in targets
-    assert "docker.io/library/golang:1.24.3" in targets
+    assert "docker.io/otel/opentelemetry-collector-contrib:0.152.0" in targets
+    assert "ghcr.io/example/config-sync/reconciler:v1.24.3" in targets
+    assert "docker.io/library/golang:1.26.4" in targets
     assert "gcr.io/distroless/static:nonroot" in targets
-    assert not any("v3.15.3" in t or "proxy.golang.org" in t for t in targets)  # HELM_VERSION, GOPROXY
-    assert targets["ghcr.io/example/config-sync/nomos:v1.22.0"].wanted == (AMD64, ARM64)
+    assert not any(x in t for t in targets for x in ("v3.21.1", "proxy.golang.org", "sum.golang.org"))  # build args
+    assert targets["ghcr.io/example/config-sync/nomos:v1.24.3"].wanted == (AMD64, ARM64)
 
 
 def test_published_tag_uses_the_first_template_images_yaml_can_fill(tmp_path: Path) -> None:

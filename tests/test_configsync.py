@@ -1,7 +1,8 @@
-"""The Config Sync distribution (root images.yaml): it validates and plans; its patches are
-well-formed; its install renders with every image pinned by digest from a release lock
-made here, over tests/fixtures/config-sync-tree (a stand-in for the upstream tree, which
-CI cannot fetch)."""
+"""The Config Sync distribution (root images.yaml): it validates and plans at v1.24.3 with every
+patch listed; its patches are well-formed, and patch 0002 leaves the images without helm or
+kustomize free of the Go module proxy; its install renders with every image pinned by digest
+from a release lock made here, over tests/fixtures/config-sync-tree (a stand-in for the
+upstream tree, which CI cannot fetch); archlift diff tells a v1.22.0 release from it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from archlift.steps.render import UpstreamFile, render
 ROOT = Path(__file__).parent.parent
 IMAGES_YAML = ROOT / "images.yaml"
 TREE = Path(__file__).parent / "fixtures" / "config-sync-tree"
-COMMIT = "b259f899954123f52668e61fe2092fe5d17be833"
+URL = "https://github.com/GoogleContainerTools/config-sync.git"
+VERSION, COMMIT = "v1.24.3", "68ef1fae716a108756cb249a4fca3ad1a533afc2"
+OLD_VERSION, OLD_COMMIT = "v1.22.0", "b259f899954123f52668e61fe2092fe5d17be833"  # the release before the upgrade
+PATCH_0002 = ROOT / "patches" / "config-sync" / "0002-helm-kustomize-for-target-platform.patch"
 BUILT = (
     "reconciler",
     "reconciler-manager",
@@ -39,7 +43,7 @@ BUILT = (
 )
 MIRRORED = {
     "git-sync": "registry.k8s.io/git-sync/git-sync:v4.4.2",
-    "otel-collector": "docker.io/otel/opentelemetry-collector-contrib:0.118.0",
+    "otel-collector": "docker.io/otel/opentelemetry-collector-contrib:0.152.0",
 }
 PLACEHOLDER_RE = re.compile(r"\b[A-Z][A-Z_]*_IMAGE_NAME\b")
 
@@ -72,14 +76,16 @@ def test_plan_lists_every_config_sync_image() -> None:
     assert len(patches) == 4
     for name in BUILT:
         c = plan[name]
-        assert c["source"]["git"] == "https://github.com/GoogleContainerTools/kpt-config-sync.git"
-        assert (c["source"]["ref"], c["source"]["commit"]) == ("v1.22.0", COMMIT)
+        assert c["source"]["git"] == URL
+        assert (c["source"]["ref"], c["source"]["commit"]) == (VERSION, COMMIT)
         assert c["patches"] == patches
         assert c["build"]["dockerfile"] == "build/all/Dockerfile"
         assert c["build"]["target"] == name
         assert c["platforms"] == ["linux/amd64", "linux/arm64"]
         assert c["image"] == f"ghcr.io/example/config-sync/{name}"
         assert "GOLANG_IMAGE" in c["build"]["args"] and "DEBIAN_BASE_IMAGE" in c["build"]["args"]
+        assert c["build"]["args"]["GOLANG_IMAGE"] == "docker.io/library/golang:1.26.4"  # v1.24.3's go.mod: go 1.26
+        assert (c["build"]["args"]["HELM_VERSION"], c["build"]["args"]["KUSTOMIZE_VERSION"]) == ("v3.21.1", "v5.4.2")
         assert set(c["build"]["contexts"]) == {"gcr.io/distroless/static:nonroot", "gcr.io/distroless/static:latest"}
     for name, upstream in MIRRORED.items():
         assert plan[name]["mirror"] == upstream
@@ -116,24 +122,30 @@ def test_fixture_tree_has_every_upstream_manifest(config: Config) -> None:
     assert [p for p in paths if not (TREE / p).is_file()] == []
 
 
-def make_lock(config: Config) -> ReleaseLock:
-    """A release of every component, by made-up digests, as the build and mirror steps would write it."""
+def make_lock(config: Config, *, old: bool = False) -> ReleaseLock:
+    """A release of every component, by made-up digests (one per built version and mirrored
+    image), as the build and mirror steps would write it; ``old``: the v1.22.0 release, when
+    the collector was mirrored at 0.118.0 (git-sync has not changed)."""
     components = {}
     for name, comp in config.components.items():
-        digest = Digest.of(f"index {name}".encode())
-        platforms = {str(p): Digest.of(f"{p} {name}".encode()) for p in comp.platforms}
+        mirror = str(comp.mirror) if comp.mirror else None
+        if old and mirror:
+            mirror = mirror.replace(":0.152.0", ":0.118.0")
+        version = (OLD_VERSION if old else comp.source.ref or "") if comp.source else mirror
         upstream = None
         if comp.source is not None:
-            upstream = Upstream(comp.source.git or "", comp.source.ref or "", comp.source.commit or "", "v1.22.0")
+            upstream = Upstream(
+                comp.source.git or "", version or "", OLD_COMMIT if old else comp.source.commit or "", version or ""
+            )
         components[name] = ComponentRelease(
             name=name,
-            kind="mirrored" if comp.mirror else "built",
+            kind="mirrored" if mirror else "built",
             repository=comp.image.name,
-            index_digest=digest,
-            platforms=platforms,
-            tags=("v1.22.0",) if comp.source else ((comp.mirror.tag or ""),) if comp.mirror else (),
+            index_digest=Digest.of(f"index {name} {version}".encode()),
+            platforms={str(p): Digest.of(f"{p} {name} {version}".encode()) for p in comp.platforms},
+            tags=(version or "",) if comp.source else (ImageRef.parse(mirror).tag or "",) if mirror else (),
             upstream=upstream,
-            source_image=str(comp.mirror) if comp.mirror else None,
+            source_image=mirror,
         )
     return ReleaseLock(components=components)
 
@@ -211,3 +223,116 @@ def test_rootsync_oci_example() -> None:
     assert doc["spec"]["sourceType"] == "oci"
     assert doc["spec"]["oci"]["auth"] in ("none", "gcenode", "gcpserviceaccount", "k8sserviceaccount")
     assert ImageRef.parse(doc["spec"]["oci"]["image"]).digest is not None
+
+
+def _new_file(patch: Path, path: str) -> str:
+    """The content of the file ``path`` that ``patch`` creates."""
+    out, inside = [], False
+    for line in patch.read_text().splitlines():
+        if line.startswith("diff --git "):
+            inside = line.endswith(f" b/{path}")
+        elif inside and line.startswith("+") and not line.startswith("+++ "):
+            out.append(line[1:])
+    return "\n".join(out) + "\n"
+
+
+def test_only_the_images_with_helm_or_kustomize_depend_on_the_third_party_stage() -> None:
+    """Patch 0002: no `COPY --from=third-party` into the bins stage (every image builds from it);
+    each COPY of helm, kustomize or their NOTICES that the four images that ship them made from
+    bins now comes from the third-party stage, and nothing else does."""
+    lines = PATCH_0002.read_text().splitlines()
+    added = [x.removeprefix("+COPY --from=third-party /third_party/") for x in lines if x.startswith("+COPY --from")]
+    removed = [x.removeprefix("-COPY --from=bins /workspace/.output/third_party/") for x in lines if x.startswith("-")]
+    removed = [x for x in removed if not x.startswith("--")]
+    assert added == removed and len(added) == 14  # hydration-controller, helm-sync, with-shell (4, 2, 4), nomos (4)
+    assert {x.split()[0] for x in added} == {"helm/helm", "helm/NOTICES", "kustomize/kustomize", "kustomize/NOTICES"}
+    assert not [x for x in lines if x.startswith("+") and ".output/third_party" in x]
+    assert "+ARG TARGETOS TARGETARCH GOPROXY GOSUMDB HELM_VERSION=v3.21.1 KUSTOMIZE_VERSION=v5.4.2" in lines
+
+
+def _run_third_party(tmp_path: Path, go: str, goproxy: str) -> subprocess.CompletedProcess[str]:
+    """scripts/build-third-party.sh from patch 0002, with ``go`` (a shell script) as the Go toolchain."""
+    script = tmp_path / "build-third-party.sh"
+    script.write_text(_new_file(PATCH_0002, "scripts/build-third-party.sh"))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "go").write_text("#!/bin/sh\n" + go)
+    (tmp_path / "bin" / "go").chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "GOOS": "linux",
+        "GOARCH": "arm64",
+        "HELM_VERSION": "v3.21.1",
+        "KUSTOMIZE_VERSION": "v5.4.2",
+        "GOPROXY": goproxy,
+        "GOSUMDB": "",
+    }
+    return subprocess.run(
+        ["sh", str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+# `go env` as go answers it, then what go mod download -json prints when it cannot reach the proxy
+# (the Error text is Go 1.24's, seen on this host with no network).
+GO_ENV = 'case "$1 $2" in "env GOPROXY") echo "$GOPROXY"; exit ;; "env GOSUMDB") echo sum.golang.org; exit ;; esac\n'
+GO_OFFLINE = (
+    GO_ENV
+    + """cat <<'EOF'
+{
+	"Path": "helm.sh/helm/v3",
+	"Version": "v3.21.1",
+	"Error": "helm.sh/helm/v3@v3.21.1: Get \\"https://goproxy.internal/helm.sh/helm/v3/@v/v3.21.1.info\\": dial tcp: \
+lookup goproxy.internal: no such host"
+}
+EOF
+exit 1
+"""
+)
+
+
+def test_an_unreachable_goproxy_is_said_in_plain_words(tmp_path: Path) -> None:
+    proc = _run_third_party(tmp_path, GO_OFFLINE, "https://goproxy.internal,direct")
+    assert proc.returncode == 1
+    assert "dial tcp: lookup goproxy.internal: no such host" in proc.stderr  # go's own words first
+    assert (
+        "cannot download the Go module helm.sh/helm/v3@v3.21.1 from GOPROXY=https://goproxy.internal,direct"
+        in proc.stderr
+    )
+    assert "GOSUMDB=sum.golang.org" in proc.stderr and "Set GOPROXY" in proc.stderr
+    assert "the other images build without the Go module proxy" in proc.stderr
+    assert "sed:" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_another_go_failure_is_not_blamed_on_the_proxy(tmp_path: Path) -> None:
+    proc = _run_third_party(tmp_path, GO_ENV + "echo 'go: go.mod requires go >= 1.26.0' >&2\nexit 1\n", "https://x")
+    assert proc.returncode == 1
+    assert "go.mod requires go >= 1.26.0" in proc.stderr and "cannot download" not in proc.stderr
+
+
+def test_diff_from_the_v1_22_0_release(config: Config, tmp_path: Path) -> None:
+    """`archlift diff` of the v1.22.0 release and the v1.24.3 one (two locks made here): every built
+    image and the collector change, git-sync does not; the rendered install changes where they appear."""
+    files = [UpstreamFile(TREE / u.path, f"config-sync:{u.path}") for u in config.manifests.upstream]
+    paths = {}
+    for name, lock in (("v1.22.0", make_lock(config, old=True)), ("v1.24.3", make_lock(config))):
+        paths[name] = tmp_path / f"release-{name}.json"
+        lock.write(paths[name])
+        render(lock, upstream=files, replacements=replacements(config)).write(tmp_path / f"manifests-{name}")
+    proc = archlift(
+        "diff",
+        str(paths["v1.22.0"]),
+        str(paths["v1.24.3"]),
+        "--manifests-a",
+        str(tmp_path / "manifests-v1.22.0"),
+        "--manifests-b",
+        str(tmp_path / "manifests-v1.24.3"),
+        "--stat",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "images: 11 changed, 0 added, 0 removed, 1 unchanged" in out
+    assert "~ reconciler" in out and "v1.22.0 -> v1.24.3" in out
+    assert "~ otel-collector" in out and "0.118.0 -> 0.152.0" in out
+    assert "~ git-sync" not in out  # the same v4.4.2 image in both
+    assert "~ Deployment/config-management-system/reconciler-manager" in out
+    assert "~ ConfigMap/config-management-system/reconciler-manager-cm" in out

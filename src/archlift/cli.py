@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "build": "build",
     "merge": "merge",
     "patches": "patches",
+    "upgrade": "upgrade",
     "render": "render",
     "publish": "publish",
     "diff": "diff",

@@ -44,8 +44,8 @@ class SourceError(ArchliftError):
 
 
 class SourceInputError(SourceError):
-    """A source that images.yaml names wrongly: a ref the repository does not have, a URL that
-    cannot be reached. Bad input: nothing was built, pushed or moved."""
+    """A ref or URL given as input (in images.yaml, or ``upgrade --to``) that the upstream does not
+    have or that cannot be reached: bad input, nothing was built, pushed, moved or changed."""
 
     exit_code = 2
 

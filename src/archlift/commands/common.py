@@ -14,6 +14,14 @@ DEFAULT_CONFIG = "images.yaml"
 DEFAULT_LOCK = Path("dist/release.json")
 
 
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter in output)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",

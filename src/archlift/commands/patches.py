@@ -16,7 +16,8 @@ from ..errors import PatchError, UsageError
 from ..proc import run
 from ..steps.patches import apply_queue, refresh
 from ..steps.sources import GIT_ENV, checkout, resolve
-from .common import DEFAULT_CONFIG
+from ..steps.upgrade import Pending, finish
+from .common import DEFAULT_CONFIG, display_path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,9 +71,26 @@ def run_checkout(args: argparse.Namespace) -> int:
 
 def run_refresh(args: argparse.Namespace) -> int:
     source, directory, queue_dir = _source(args)
+    if Pending.read(directory) is not None:  # an upgrade left with a conflict: finish it
+        return _finish_upgrade(args, source, directory)
     resolved = resolve(source)
     written = refresh(directory, resolved.commit, queue_dir)
     print(f"wrote {len(written)} patch(es) to {queue_dir} from {directory} above {resolved.commit[:12]}:")
     for path in written:
         print(f"  {path.name}")
+    return 0
+
+
+def _finish_upgrade(args: argparse.Namespace, source: Source, directory: Path) -> int:
+    pending, written = finish(directory, source.name, Path(args.config))
+    print(f"finished the upgrade of {pending.source} to {pending.new.ref} ({pending.new.commit[:12]}):")
+    for change in written.changes:
+        print(f"  {display_path(pending.config)}:{change.line}: {change.old.strip()} -> {change.new.strip()}")
+    print(f"  wrote {len(written.written)} patch(es) above {pending.new.commit[:12]}, dropped {len(written.dropped)}:")
+    for path in written.written:
+        print(f"    {display_path(path)}")
+    for path in written.dropped:
+        print(f"    {display_path(path)} (dropped: not among the work tree's commits)")
+    print(f"  checked: {written.checked}")
+    print(f"next: archlift plan {args.config} --check, archlift build {args.config}, archlift diff OLD NEW")
     return 0

@@ -129,6 +129,12 @@ def refresh(tree: Path, upstream_commit: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.patch"):
         old.unlink()
+    return format_patches(tree, upstream_commit, out_dir) or sorted(out_dir.glob("*.patch"))
+
+
+def format_patches(tree: Path, base: str, out_dir: Path) -> list[Path]:
+    """The commits of ``tree`` above ``base`` as mails in ``out_dir``, in order (one line of
+    context: small patches that still apply with a three-way merge)."""
     names = git(
         "format-patch",
         "-U1",
@@ -137,7 +143,7 @@ def refresh(tree: Path, upstream_commit: str, out_dir: Path) -> list[Path]:
         "--no-stat",
         "-o",
         str(out_dir),
-        f"{upstream_commit}..HEAD",
+        f"{base}..HEAD",
         cwd=tree,
     )
-    return [Path(n) for n in names.splitlines() if n] or sorted(out_dir.glob("*.patch"))
+    return [Path(n) for n in names.splitlines() if n]

@@ -120,6 +120,77 @@ class Refs:
         return None
 
 
+def remote_refs(url: str, context: str) -> dict[str, str]:
+    """The tags and branches of the repository at ``url`` (``git ls-remote``; tags peeled to
+    commits), without fetching anything. An unreachable URL raises :class:`SourceError` with
+    git's whole message."""
+    result = run(
+        ["git", "ls-remote", "--tags", "--heads", url],
+        env=GIT_ENV,
+        check=False,
+        timeout=120,
+        error=SourceError,
+        context=context,
+    )
+    if result.returncode != 0:
+        raise SourceError(
+            f"{context}: cannot reach {url}: {' '.join(result.stderr.split()) or f'git exited {result.returncode}'}",
+            hint="check the URL and your network or credentials; a path must be a git repository",
+        )
+    refs: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        for prefix in ("refs/tags/", "refs/heads/"):
+            if name.startswith(prefix):
+                short = name.removeprefix(prefix)
+                if short.endswith("^{}"):
+                    refs[short[:-3]] = sha  # the peeled commit wins over the tag object
+                else:
+                    refs.setdefault(short, sha)
+    return refs
+
+
+def fetch_between(source: Source, old_commit: str, to: str, remote: dict[str, str]) -> tuple[Path, str]:
+    """For ``archlift upgrade``: ``old_commit`` and ``to`` with the history between them, in a
+    repository of the upgrade's own (the build's clone cache is left alone). The old commit is
+    fetched alone (``--depth=1``), then ``to``, which brings old..new and nothing older than the
+    current pin: a mirror that lacks old objects still works. ``remote`` is :func:`remote_refs`
+    of the URL. Returns the repository and the commit of ``to``."""
+    assert source.git is not None
+    context = f"source '{source.name}'"
+    repo = cache_root() / "upgrade" / _repo_dir(source.git).name
+    if not (repo / "HEAD").exists():
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        git("init", "--bare", "-q", str(repo), context=context)
+        git("remote", "add", "origin", source.git, cwd=repo, context=context)
+
+    def fetch(sha: str, *how: str) -> None:
+        result = run(
+            ["git", "fetch", "-q", "--no-tags", *how, "origin", sha],
+            cwd=repo,
+            env=GIT_ENV,
+            check=False,
+            timeout=600,
+            error=SourceError,
+            context=context,
+        )
+        if result.returncode != 0:
+            raise SourceError(
+                f"{context}: cannot fetch {sha} from {source.git}: {' '.join(result.stderr.split())}",
+                hint="check the URL and your network or credentials; a mirror must hold both commits",
+            )
+
+    if not Refs.read(repo).commit(repo, old_commit):
+        fetch(old_commit, "--depth=1")
+    want = to if _HEX40.match(to) else remote[to]
+    if want != old_commit:  # a shallow repository asks for no parent of what it has: only old..new comes
+        fetch(want)
+    new = git("rev-parse", "--verify", f"{want}^{{commit}}", cwd=repo, context=context)
+    git("update-ref", "refs/heads/archlift/old", old_commit, cwd=repo, context=context)
+    git("update-ref", "refs/heads/archlift/new", new, cwd=repo, context=context)
+    return repo, new
+
+
 def _fetch(repo: Path, url: str, ref: str, context: str) -> None:
     """Fetch just ``ref`` (a tag, a branch or a full commit id) from ``url``: not every head and tag
     of the remote, so a broken object elsewhere in a mirror's history does not matter. A fetch that
