@@ -201,7 +201,3 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    @property
-    def docker_arch(self) -> str:
-        return self.architecture + (f"/{self.variant}" if self.variant else "")

@@ -48,10 +48,6 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def is_tty() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("CI")
-
-
 DEFAULT_REPORT = Path("dist/mirror-report.json")
 
 

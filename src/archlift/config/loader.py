@@ -195,9 +195,6 @@ class Field:
         }
 
     # --- scalars and lists ----------------------------------------------
-    def is_null(self) -> bool:
-        return isinstance(self.node, yaml.ScalarNode) and self.node.tag == "tag:yaml.org,2002:null"
-
     def string(self, what: str = "a string") -> str:
         node = self.node
         if not isinstance(node, yaml.ScalarNode) or node.tag not in (
