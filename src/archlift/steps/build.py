@@ -73,6 +73,7 @@ class Outcome:
     seconds: float
     release: ComponentRelease | None = None
     error: str = ""
+    warnings: tuple[str, ...] = ()  # for the summary (a mirrored image's binaries of another machine)
 
 
 @dataclass
@@ -514,9 +515,11 @@ def execute(
     refresh: bool = False,
     by_digest: str | None = None,
     report: Reporter = _quiet,
+    check_binaries: bool = True,
 ) -> RunResult:
     """Run the plan. With ``by_digest`` (a platform, or "all"), move no tag and write a partial lock
-    for ``archlift merge``."""
+    for ``archlift merge``. ``check_binaries``: the gate of ``archlift.checks.binaries`` (off only to
+    measure its cost)."""
     previous = None if by_digest else _read_lock_quietly(lock_path)
     with workspace(plan.config, refresh=refresh, lock=previous) as ws:
         workers = jobs or plan.config.concurrency
@@ -536,6 +539,10 @@ def execute(
                     zip(plan.components, decisions, strict=True),
                 )
             )
+        if check_binaries:  # pushed by digest -> binaries match their platforms -> (only then) tags move
+            from ..checks.binaries import gate
+
+            outcomes = gate(ws.client, plan.config, outcomes, report)
         if not all(o.release for o in outcomes):
             return RunResult(outcomes, None, 0)
         releases = [o.release for o in outcomes if o.release]
