@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="push by digest only and move no tag; the lock is partial, for 'archlift merge'",
     )
+    p.add_argument(
+        "--no-binaries-check",
+        dest="check_binaries",
+        action="store_false",
+        help="do not check that every image's ELF binaries are for its platform (to measure what the check "
+        "costs; the lock then records no binaries)",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
             refresh=args.refresh,
             by_digest=by_digest,
             report=report,
+            check_binaries=args.check_binaries,
         )
     if args.json:
         print_json(_json(result, args.lock))
     else:
-        _print_summary(result, args.lock)
+        _print_summary(result, args.lock, args.check_binaries)
     return 0 if result.ok else BuildError.exit_code
 
 
@@ -93,13 +101,19 @@ def _json(result: object, lock: Path) -> dict[str, object]:
                 "image": str(o.release.ref) if o.release else None,
                 "platforms": {k: str(v) for k, v in o.release.platforms.items()} if o.release else {},
                 "tags": list(o.release.tags) if o.release else [],
+                "binaries": {
+                    p: {"elf_files": b.elf_files, "machines": b.machines} for p, b in o.release.binaries.items()
+                }
+                if o.release
+                else {},
+                "warnings": list(o.warnings),
             }
             for o in result.outcomes
         ],
     }
 
 
-def _print_summary(result: object, lock: Path) -> None:
+def _print_summary(result: object, lock: Path, checked: bool = True) -> None:
     from ..steps.build import RunResult
     from ..ui import step_summary, table
 
@@ -120,8 +134,12 @@ def _print_summary(result: object, lock: Path) -> None:
     text = table(["component", "status", "time", "digest", "platforms", "tags"], rows)
     print(text)
     for o in result.outcomes:
+        for warning in o.warnings:
+            print(f"\n{o.name}: warning:\n  " + warning.replace("\n", "\n  "), file=sys.stderr)
         if o.error:
             print(f"\n{o.name} failed:\n  " + o.error.replace("\n", "\n  "), file=sys.stderr)
+    if not checked:
+        print("\nbinaries not checked (--no-binaries-check): the lock records none", file=sys.stderr)
     if result.ok and result.lock and result.lock.partial_platform:
         print(
             f"\npartial release ({result.lock.partial_platform}) pushed by digest; no tag moved; partial lock: {lock}"
@@ -135,6 +153,11 @@ def _print_summary(result: object, lock: Path) -> None:
         )
         for rel in result.lock.components.values():
             print(f"  {rel.ref}")
+        if checked:
+            records = [b for o in result.outcomes if o.release for b in o.release.binaries.values()]
+            files = sum(b.elf_files for b in records)
+            warned = " (see the warnings above)" if any(o.warnings for o in result.outcomes) else ""
+            print(f"binaries: {files} ELF file(s) checked in {len(records)} platform image(s){warned}")
     else:
         failed = [o.name for o in result.outcomes if o.status == "failed"]
         print(f"\nrelease NOT complete: {', '.join(failed)} failed; no tag was moved and {lock} was not written.")
