@@ -193,13 +193,17 @@ def test_audit_binaries_of_manifests_and_of_a_lock(images: dict[str, ImageRef], 
 
 
 # --- images pushed with the client: a TLS + auth registry, and counted layer reads -------------
-def layer(files: dict[str, bytes]) -> bytes:
+def layer(files: dict[str, bytes | None]) -> bytes:
+    """A gzip layer of regular files (``None``: a directory)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
     return gzip.compress(buf.getvalue(), mtime=0)
 
 
@@ -292,3 +296,18 @@ def test_a_shared_layer_is_read_once_and_remembered(
             assert [r.machines for r in again.check_image(one)] == [{"aarch64": 1}]
             assert again.layers_read == 0
         assert fresh_registry.count("GET", r"/blobs/sha256:") == blobs  # no blob read at all
+
+
+def test_an_opaque_directory_hides_a_wrong_binary(fresh_registry: LocalRegistry, busybox: dict[str, bytes]) -> None:
+    """A layer that makes /opt/tools opaque hides the amd64 binary below it; without it, it is flagged."""
+    wrong = layer({"opt/tools": None, "opt/tools/tool": busybox["amd64"]})
+    opaque = layer({"opt/tools": None, "opt/tools/.wh..wh..opq": b"", "opt/tools/tool": b"#!/bin/sh\n"})
+    plain = layer({"opt/tools": None, "opt/tools/other": b"#!/bin/sh\n"})
+    with RegistryClient() as client:
+        hidden = put_image(client, fresh_registry.ref("opaque/hidden", "1"), {"linux/arm64": [wrong, opaque]})
+        shown = put_image(client, fresh_registry.ref("opaque/shown", "1"), {"linux/arm64": [wrong, plain]})
+        with Checker(client) as checker:
+            (ok,) = checker.check_image(hidden)
+            (bad,) = checker.check_image(shown)
+    assert ok.ok and ok.elf_files == 0
+    assert [(m.path, m.machine) for m in bad.mismatches] == [("/opt/tools/tool", "x86-64")]

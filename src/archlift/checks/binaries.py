@@ -725,8 +725,8 @@ class ComponentBinaries:
 
 
 HINT = (
-    "build them for the target platform (cross-compile for TARGETARCH from FROM --platform=$BUILDPLATFORM), "
-    'or allow the paths on purpose in images.yaml: binaries: {allow: [PATTERN...], reason: "..."}'
+    "build them for the target platform (e.g. FROM --platform=$BUILDPLATFORM, then cross-compile for "
+    '$TARGETARCH), or allow the paths on purpose in images.yaml: binaries: {allow: [PATTERN...], reason: "..."}'
 )
 MIRROR_HINT = "set binaries: {check: fail} to refuse such an image, or allow the paths with a reason"
 
