@@ -403,3 +403,15 @@ def test_the_lock_records_binaries_and_reads_older_locks(tmp_path: Path) -> None
     assert "binaries" not in older
     path.write_text(older)
     assert ReleaseLock.read(path).components["hello"].binaries == {}
+
+
+def test_every_config_sync_image_fails_its_release_on_a_binary_of_another_machine() -> None:
+    """docs/config-sync.md says so: the built images by default, the two mirrors by binaries: {check: fail}."""
+    from archlift.config.model import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "images.yaml")
+    assert {c.name: c.binaries.check for c in config.components.values() if c.mirror} == {
+        "git-sync": "fail",
+        "otel-collector": "fail",
+    }
+    assert all(c.binaries.check == "fail" and not c.binaries.allow for c in config.components.values())
