@@ -9,6 +9,9 @@ and measures, printing seconds and ratios:
 1. cold: archlift build of all components vs `docker buildx bake --push`, each
    with a fresh NONCE build arg, so every RUN step is rebuilt (bases cached);
    rounds interleaved, medians compared (the engine's own time varies by 10-20%);
+   and archlift's cold build without its binaries check (``--no-binaries-check``)
+   in the same rounds (the order alternating): what the check costs, as a ratio,
+   with the check alone timed on the same images (no cache of findings);
 2. warm: archlift re-run with nothing changed vs a warm bake of the same targets;
 3. one change: one upstream gets a new commit; archlift rebuilds only it.
 
@@ -32,6 +35,7 @@ import uuid
 from pathlib import Path
 
 from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner, seed_toolchain
+from archlift.lock import ReleaseLock
 
 DOCKERFILE = """\
 ARG TOOLCHAIN
@@ -147,6 +151,24 @@ def bake(bakefile: Path, nonce: str) -> float:
     sys.exit("bench: docker buildx bake failed three times")
 
 
+def check_alone(lock_path: Path) -> tuple[float, int, int]:
+    """The build's binaries check over every platform image of a lock, timed in this process with no
+    cache of findings (every layer read): (seconds, platform images, layers read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archlift.checks.binaries import Checker, check_release
+    from archlift.config.model import BinariesPolicy
+    from archlift.oci import RegistryClient
+
+    releases = list(ReleaseLock.read(lock_path).components.values())
+    start = time.monotonic()
+    with RegistryClient() as client, Checker(client) as checker, ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(pool.map(lambda rel: check_release(checker, BinariesPolicy(), rel), releases))
+    took = time.monotonic() - start
+    assert all(not v.error for v in verdicts), [v.error for v in verdicts if v.error]
+    return took, sum(len(v.platforms) for v in verdicts), checker.layers_read
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--components", type=int, default=6)
@@ -163,14 +185,17 @@ def main() -> int:
         cache = work / "cache"
         print(f"bench: {len(names)} two-platform components, registry {reg.host}", flush=True)
 
-        bake_colds, ours_colds = [], []
-        for _ in range(args.rounds):  # interleaved, each with a new NONCE: every RUN step is rebuilt
+        bake_colds, ours_colds, unchecked_colds = [], [], []
+        for i in range(args.rounds):  # interleaved, each with a new NONCE: every RUN step is rebuilt
             bake_colds.append(bake(bakefile, uuid.uuid4().hex))
-            nonce = uuid.uuid4().hex
-            took, cold_status = archlift(config, nonce, cache)
-            assert set(cold_status.values()) == {"built"}, cold_status
-            ours_colds.append(took)
+            for checked in (True, False) if i % 2 == 0 else (False, True):
+                nonce = uuid.uuid4().hex
+                took, cold_status = archlift(config, nonce, cache, *(() if checked else ("--no-binaries-check",)))
+                assert set(cold_status.values()) == {"built"}, cold_status
+                (ours_colds if checked else unchecked_colds).append(took)
         bake_cold, ours_cold = statistics.median(bake_colds), statistics.median(ours_colds)
+        unchecked_cold = statistics.median(unchecked_colds)
+        alone, checked_images, layers_read = check_alone(work / "lock.json")
         repro_cold = statistics.median(archlift(reproducible, uuid.uuid4().hex, cache)[0] for _ in range(args.rounds))
         bake_warm = statistics.median(bake(bakefile, nonce) for _ in range(args.rounds))
         warm = [archlift(config, nonce, cache) for _ in range(args.rounds)]
@@ -195,10 +220,20 @@ def main() -> int:
     print(f"{'re-run, nothing changed (s, median)':48} {ours_warm:9.2f} {bake_warm:9.2f} {bake_warm / ours_warm:6.2f}x")
     print(f"{'one upstream changed (s)':48} {ours_one:9.2f} {'':>9}")
     print(f"{'cold, reproducible timestamps (s, median)':48} {repro_cold:9.2f} {'':>9}")
+    print(f"{'cold, without the binaries check (s, median)':48} {unchecked_cold:9.2f} {'':>9}")
+    print(f"{'the binaries check alone, no cache (s)':48} {alone:9.2f} {'':>9}")
     print()
     print(f"cold: archlift is {bake_cold / ours_cold:.2f}x the speed of a cold bake (goal: >= 1.0x)")
     print(f"warm: archlift is {bake_warm / ours_warm:.2f}x faster than a warm bake (goal: >= 5x); built {warm_built}")
     print(f"one change ({changed}): rebuilt {rebuilt} (goal: only [{changed!r}])")
+    print(
+        f"binaries check: a cold build with it takes {ours_cold / unchecked_cold:.3f}x the time without it "
+        f"(medians; {min(ours_colds) / min(unchecked_colds):.3f}x the fastest of each; goal: <= 1.15x); "
+        f"alone it takes {alone:.2f}s for {checked_images} platform images ({layers_read} layers read), "
+        f"{alone / unchecked_cold * 100:.1f}% of a cold build without it"
+    )
+    samples = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(ours_colds, unchecked_colds, strict=True))
+    print(f"  (cold builds with/without the check, round by round: {samples} s; the engine's own spread)")
     print(
         "(the comparison builds with reproducible: false, as bake does; reproducible: true, archlift's default, "
         f"adds SOURCE_DATE_EPOCH and rewrites layer timestamps, which bake's image exporter cannot: "

@@ -311,3 +311,54 @@ def test_an_opaque_directory_hides_a_wrong_binary(fresh_registry: LocalRegistry,
             (bad,) = checker.check_image(shown)
     assert ok.ok and ok.elf_files == 0
     assert [(m.path, m.machine) for m in bad.mismatches] == [("/opt/tools/tool", "x86-64")]
+
+
+def test_what_the_gate_makes_of_a_mismatch_and_of_a_layer_it_cannot_read(
+    fresh_registry: LocalRegistry, busybox: dict[str, bytes]
+) -> None:
+    """check_release, the gate's judgement of one release entry: a built component fails, a mirrored one
+    warns unless check: fail, allowed paths pass; a layer that is not a filesystem cannot be judged."""
+    from archlift.checks.binaries import check_release
+    from archlift.config.model import BinariesPolicy
+
+    amd = layer({"usr/bin/tool": busybox["amd64"]})
+    with RegistryClient() as client:
+        ref = put_image(client, fresh_registry.ref("gate/tool", "1"), {"linux/arm64": [amd]})
+        platforms = client.index_platforms(ref)
+        odd = fresh_registry.ref("gate/odd")
+        data = b'{"not": "a layer"}'
+        config = json.dumps({"os": "linux", "architecture": "arm64"}).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": str(client.put_blob(odd, config)), "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.example.notes+json",
+                            "digest": str(client.put_blob(odd, data)), "size": len(data)}],
+            }
+        ).encode()  # fmt: skip
+        odd_digest = client.put_manifest(odd.with_digest(Digest.of(manifest)), manifest, OCI_MANIFEST)
+        assert ref.digest is not None
+
+        def release(kind: str, repo: ImageRef = ref, plats: dict[str, Digest] = platforms) -> ComponentRelease:
+            return ComponentRelease("tool", kind, repo.name, ref.digest or Digest.of(b""), plats)
+
+        with Checker(client) as checker:
+            built = check_release(checker, BinariesPolicy("fail"), release("built"))
+            warned = check_release(checker, BinariesPolicy("warn"), release("mirrored"))
+            strict = check_release(checker, BinariesPolicy("fail"), release("mirrored"))
+            allowed = check_release(checker, BinariesPolicy("fail", ("/usr/bin/*",), "on purpose"), release("built"))
+            unreadable = check_release(
+                checker, BinariesPolicy("fail"), release("built", odd, {"linux/arm64": odd_digest})
+            )
+            warned_unreadable = check_release(
+                checker, BinariesPolicy("warn"), release("mirrored", odd, {"linux/arm64": odd_digest})
+            )
+    assert built.error.startswith("tool: ") and "/usr/bin/tool: x86-64" in built.error and not built.warnings
+    assert not warned.error and len(warned.warnings) == 1 and "/usr/bin/tool: x86-64" in warned.warnings[0]
+    assert strict.error and not strict.warnings
+    assert not allowed.error and not allowed.warnings
+    assert [(m.path, m.machine) for m in allowed.platforms[0].allowed] == [("/usr/bin/tool", "x86-64")]
+    assert "cannot be checked" in unreadable.error and "not a filesystem layer" in unreadable.error
+    assert not warned_unreadable.error and "cannot be checked" in warned_unreadable.warnings[0]

@@ -549,7 +549,8 @@ class _Blob(io.RawIOBase):
                 expected=self._desc.digest,
                 actual="",
             )
-        return memoryview(bytes(chunk))  # a chunk's buffer is reused by the response
+        # No copy: a chunk stays valid until the next-but-one is read, and this one is used up first.
+        return chunk if isinstance(chunk, memoryview) else memoryview(chunk)
 
     def close(self) -> None:
         if not self.closed:
