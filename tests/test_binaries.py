@@ -415,3 +415,34 @@ def test_every_config_sync_image_fails_its_release_on_a_binary_of_another_machin
         "otel-collector": "fail",
     }
     assert all(c.binaries.check == "fail" and not c.binaries.allow for c in config.components.values())
+
+
+def test_plan_shows_a_binaries_policy_that_is_not_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from archlift.cli import main
+
+    config = tmp_path / "images.yaml"
+    config.write_text(
+        "registry: ghcr.io/acme\ncomponents:\n"
+        "  emu:\n    source: {git: https://example.com/emu.git, ref: v1}\n"
+        "    binaries: {allow: ['/usr/bin/qemu-*'], reason: ships the emulators}\n"
+        "  tool:\n    mirror: ghcr.io/x/tool:1\n    binaries: {check: fail}\n"
+        "  plain:\n    mirror: ghcr.io/x/plain:1\n"
+    )
+    assert main(["plan", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  binaries:  a binary of another machine fails the build; allowed: /usr/bin/qemu-* (ships the emulators)"
+        in out
+    )
+    assert out.count("  binaries:") == 2  # plain: the default for a mirror, a warning, is not repeated
+    assert main(["plan", str(config), "--json"]) == 0
+    data = {c["name"]: c["binaries"] for c in json.loads(capsys.readouterr().out)["components"]}
+    assert data == {
+        "emu": {"check": "fail", "allow": ["/usr/bin/qemu-*"], "reason": "ships the emulators"},
+        "tool": {"check": "fail", "allow": [], "reason": ""},
+        "plain": {"check": "warn", "allow": [], "reason": ""},
+    }
