@@ -9,6 +9,9 @@ and measures, printing seconds and ratios:
 1. cold: archlift build of all components vs `docker buildx bake --push`, each
    with a fresh NONCE build arg, so every RUN step is rebuilt (bases cached);
    rounds interleaved, medians compared (the engine's own time varies by 10-20%);
+   and archlift's cold build without its binaries check (``--no-binaries-check``)
+   in the same rounds (the order alternating): what the check costs, as a ratio,
+   with the check alone timed on the same images (no cache of findings);
 2. warm: archlift re-run with nothing changed vs a warm bake of the same targets;
 3. one change: one upstream gets a new commit; archlift rebuilds only it.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,7 @@ import uuid
 from pathlib import Path
 
 from archlift.localenv import LocalRegistry, make_git_repo, seed_busybox, seed_sbom_scanner, seed_toolchain
+from archlift.lock import ReleaseLock
 
 DOCKERFILE = """\
 ARG TOOLCHAIN
@@ -110,8 +115,12 @@ def write_bake(work: Path, host: str, names: list[str]) -> Path:
     return path
 
 
-def archlift(config: Path, nonce: str, cache: Path, *extra: str) -> tuple[float, dict[str, str]]:
-    """``archlift build`` as a user runs it (a new process); (seconds, status per component)."""
+def archlift(
+    config: Path, nonce: str, cache: Path, *extra: str, progress: bool = False
+) -> tuple[float, dict[str, str]]:
+    """``archlift build`` as a user runs it (a new process); (seconds, status per component). With
+    ``progress``, as a CI log shows it (no --json): the statuses come from the summary table, and the
+    progress lines are kept in ``LAST_PROGRESS`` for ``gate_seconds``."""
     env = {
         "BENCH_NONCE": nonce,
         "ARCHLIFT_CACHE_DIR": str(cache),
@@ -121,17 +130,36 @@ def archlift(config: Path, nonce: str, cache: Path, *extra: str) -> tuple[float,
     }
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "archlift", "build", str(config), "--json", "--lock", "lock.json", *extra],
+        [sys.executable, "-m", "archlift", "build", str(config), *(() if progress else ("--json",)),
+         "--lock", "lock.json", *extra],
         env={**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, **env},
         capture_output=True,
         text=True,
         cwd=config.parent,
-    )
+    )  # fmt: skip
     took = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"bench: archlift build failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}")
+    if progress:
+        LAST_PROGRESS[:] = proc.stderr.splitlines()
+        rows = [line.split() for line in proc.stdout.splitlines()]
+        return took, {r[0]: r[1] for r in rows if len(r) > 2 and r[2].endswith("s") and r[0] != "component"}
     result = json.loads(proc.stdout)
     return took, {c["name"]: c["status"] for c in result["components"]}
+
+
+LAST_PROGRESS: list[str] = []
+_STAMP = re.compile(r"^\[\s*([0-9.]+)s\] [^:]+: (checking that the binaries|binaries: )")
+
+
+def gate_seconds(lines: list[str]) -> float:
+    """The wall time of the build's binaries check, from its progress lines: the first component's
+    "checking that the binaries ..." to the last one's "binaries: ok"."""
+    stamps = [(m.group(2), float(m.group(1))) for m in map(_STAMP.match, lines) if m]
+    starts = [t for what, t in stamps if what.startswith("checking")]
+    ends = [t for what, t in stamps if what.startswith("binaries")]
+    assert starts and ends, "no progress lines of the binaries check"
+    return max(ends) - min(starts)
 
 
 def bake(bakefile: Path, nonce: str) -> float:
@@ -145,6 +173,24 @@ def bake(bakefile: Path, nonce: str) -> float:
             return time.monotonic() - start
         print(f"bench: bake attempt {attempt + 1} failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
     sys.exit("bench: docker buildx bake failed three times")
+
+
+def check_alone(lock_path: Path) -> tuple[float, int, int]:
+    """The build's binaries check over every platform image of a lock, timed in this process with no
+    cache of findings (every layer read): (seconds, platform images, layers read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archlift.checks.binaries import Checker, check_release
+    from archlift.config.model import BinariesPolicy
+    from archlift.oci import RegistryClient
+
+    releases = list(ReleaseLock.read(lock_path).components.values())
+    start = time.monotonic()
+    with RegistryClient() as client, Checker(client) as checker, ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(pool.map(lambda rel: check_release(checker, BinariesPolicy(), rel), releases))
+    took = time.monotonic() - start
+    assert all(not v.error for v in verdicts), [v.error for v in verdicts if v.error]
+    return took, sum(len(v.platforms) for v in verdicts), checker.layers_read
 
 
 def main() -> int:
@@ -163,14 +209,20 @@ def main() -> int:
         cache = work / "cache"
         print(f"bench: {len(names)} two-platform components, registry {reg.host}", flush=True)
 
-        bake_colds, ours_colds = [], []
-        for _ in range(args.rounds):  # interleaved, each with a new NONCE: every RUN step is rebuilt
+        bake_colds, ours_colds, unchecked_colds, gates = [], [], [], []
+        for i in range(args.rounds):  # interleaved, each with a new NONCE: every RUN step is rebuilt
             bake_colds.append(bake(bakefile, uuid.uuid4().hex))
-            nonce = uuid.uuid4().hex
-            took, cold_status = archlift(config, nonce, cache)
-            assert set(cold_status.values()) == {"built"}, cold_status
-            ours_colds.append(took)
+            for checked in (True, False) if i % 2 == 0 else (False, True):
+                nonce = uuid.uuid4().hex
+                extra = () if checked else ("--no-binaries-check",)
+                took, cold_status = archlift(config, nonce, cache, *extra, progress=checked)
+                assert set(cold_status.values()) == {"built"} and len(cold_status) == len(names), cold_status
+                (ours_colds if checked else unchecked_colds).append(took)
+                if checked:
+                    gates.append(gate_seconds(LAST_PROGRESS))
         bake_cold, ours_cold = statistics.median(bake_colds), statistics.median(ours_colds)
+        unchecked_cold = statistics.median(unchecked_colds)
+        alone, checked_images, layers_read = check_alone(work / "lock.json")
         repro_cold = statistics.median(archlift(reproducible, uuid.uuid4().hex, cache)[0] for _ in range(args.rounds))
         bake_warm = statistics.median(bake(bakefile, nonce) for _ in range(args.rounds))
         warm = [archlift(config, nonce, cache) for _ in range(args.rounds)]
@@ -195,10 +247,25 @@ def main() -> int:
     print(f"{'re-run, nothing changed (s, median)':48} {ours_warm:9.2f} {bake_warm:9.2f} {bake_warm / ours_warm:6.2f}x")
     print(f"{'one upstream changed (s)':48} {ours_one:9.2f} {'':>9}")
     print(f"{'cold, reproducible timestamps (s, median)':48} {repro_cold:9.2f} {'':>9}")
+    print(f"{'cold, without the binaries check (s, median)':48} {unchecked_cold:9.2f} {'':>9}")
+    print(f"{'the binaries check inside the cold build (s, median)':48} {statistics.median(gates):9.2f} {'':>9}")
+    print(f"{'the binaries check alone, no cache (s)':48} {alone:9.2f} {'':>9}")
     print()
     print(f"cold: archlift is {bake_cold / ours_cold:.2f}x the speed of a cold bake (goal: >= 1.0x)")
     print(f"warm: archlift is {bake_warm / ours_warm:.2f}x faster than a warm bake (goal: >= 5x); built {warm_built}")
     print(f"one change ({changed}): rebuilt {rebuilt} (goal: only [{changed!r}])")
+    share = statistics.median(g / (t - g) for g, t in zip(gates, ours_colds, strict=True))
+    print(
+        f"binaries check: inside each cold build it takes {statistics.median(gates):.2f}s, so a build with it "
+        f"takes {1 + share:.3f}x the time of the same build without it (median over the rounds; goal: <= 1.15x)"
+    )
+    print(
+        f"  end to end, cold builds with it take {ours_cold / unchecked_cold:.3f}x those without (medians; "
+        f"{min(ours_colds) / min(unchecked_colds):.3f}x the fastest of each); alone it takes {alone:.2f}s for "
+        f"{checked_images} platform images ({layers_read} layers read)"
+    )
+    samples = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(ours_colds, unchecked_colds, strict=True))
+    print(f"  (cold builds with/without the check, round by round: {samples} s; the engine's own spread)")
     print(
         "(the comparison builds with reproducible: false, as bake does; reproducible: true, archlift's default, "
         f"adds SOURCE_DATE_EPOCH and rewrites layer timestamps, which bake's image exporter cannot: "

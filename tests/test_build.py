@@ -124,6 +124,11 @@ def test_release_builds_each_platform_with_its_own_binaries(
         assert hello.upstream is not None and hello.upstream.ref == "v1.0.0" and len(hello.upstream.commit) == 40
         assert [p.file for p in hello.patches] == ["patches/hello/0001-Build-for-the-target-architecture.patch"]
         assert len(hello.attestations) == 2  # provenance + SBOM manifests, one per platform
+        # the binaries check went through every platform: busybox of the base, and each image's own
+        assert hello.binaries["linux/arm64"].machines == {"aarch64": 2}
+        assert hello.binaries["linux/amd64"].machines == {"x86-64": 2}
+        assert lock.component("toolbox").binaries["linux/arm64"].machines == {"aarch64": 2}
+        assert lock.component("busybox").binaries["linux/arm64"].machines == {"aarch64": 1}
         assert lock.component("busybox").kind == "mirrored"
         assert lock.component("busybox").index_digest == seed_busybox(demo_registry.host, "thirdparty/busybox").digest
 
@@ -135,22 +140,56 @@ def test_release_builds_each_platform_with_its_own_binaries(
     assert ReleaseLock.read(Path("dist/release.json")) == lock
 
 
-def test_without_the_patch_arm64_quietly_gets_amd64_binaries(
-    demo_copy: Path, capsys: pytest.CaptureFixture[str]
+def test_without_the_patch_the_build_refuses_the_amd64_binary_in_arm64(
+    demo_copy: Path, demo_registry: LocalRegistry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The real problem (seed 000), reproduced: the upstream build hard-codes amd64."""
+    """The real problem (seed 000), reproduced: the upstream build hard-codes amd64. The build names the
+    image, the platform, the binary and its machine, and moves no tag of any component; allowed on
+    purpose (with a reason), the same image goes through."""
     config = demo_copy / "images.yaml"
-    text = config.read_text().replace(
+    unpatched = config.read_text().replace(
         "    source: {git: .upstreams/hello.git, ref: v1.0.0}",
         "    source: {git: .upstreams/hello.git, ref: v1.0.0}\n    patches: []",
     )
-    config.write_text(text)
-    status, result = build(config, capsys, "hello")
+    config.write_text(unpatched)
+    status, result = build(config, capsys)
+    assert status == 5, result
+    assert statuses(result) == {"hello": "failed", "toolbox": "built", "busybox": "copied"}
+    error = next(c["error"] for c in result["components"] if c["name"] == "hello")  # type: ignore[union-attr]
+    assert f"{demo_registry.host}/demo/hello@sha256:" in error
+    assert "(linux/arm64) holds 1 ELF file(s) for another machine (expected aarch64):" in error
+    assert "  /opt/hello/bin/busybox: x86-64" in error
+    assert "(linux/amd64)" not in error  # amd64's binaries are amd64
+    assert result["tags_moved"] == 0 and result["lock"] is None
+    assert not Path("dist/release.json").exists()
+    with RegistryClient() as client:
+        for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0"), ("busybox", "1.35")):
+            ref = ImageRef.parse(f"{demo_registry.host}/demo/{name}:{tag}")
+            assert client.head_manifest(ref) is None, f"{ref} was tagged although hello's binaries are wrong"
+
+    # a re-run does not rebuild hello (its image is in the registry) and refuses it again
+    status, again = build(config, capsys)
+    assert status == 5
+    assert statuses(again) == {"hello": "failed", "toolbox": "skipped", "busybox": "present"}
+    assert "/opt/hello/bin/busybox: x86-64" in again["components"][0]["error"]  # type: ignore[index]
+
+    # allowed on purpose, with a reason: the release goes through, and the lock says what is there
+    config.write_text(
+        unpatched.replace(
+            "    patches: []",
+            "    patches: []\n    binaries:\n      allow: [/opt/hello/bin/*]\n"
+            "      reason: the demo ships the amd64 runtime on purpose",
+        )
+    )
+    status, result = build(config, capsys, "--quiet")
     assert status == 0, result
     lock = ReleaseLock.read(Path("dist/release.json"))
-    assert lock.component("hello").tags[1].endswith("-clean")
+    hello = lock.component("hello")
+    assert hello.tags[1].endswith("-clean")
+    assert hello.binaries["linux/arm64"].machines == {"aarch64": 1, "x86-64": 1}
+    assert hello.binaries["linux/amd64"].machines == {"x86-64": 2}
     with RegistryClient() as client:
-        machines = elf_machines(client, lock.component("hello").ref, "/opt/hello/bin/busybox")
+        machines = elf_machines(client, hello.ref, "/opt/hello/bin/busybox")
     assert machines == {"linux/amd64": "linux/amd64", "linux/arm64": "linux/amd64"}
 
 

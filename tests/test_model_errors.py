@@ -225,6 +225,36 @@ CASES = [
         ["manifests.templates", "does not exist"],
     ),
     (
+        "binaries-unknown-key",
+        f"components:\n  a:\n    {GOOD_SOURCE}\n    binaries: {{alow: [/usr/bin/qemu-*]}}\n",
+        "4:16",
+        ["components.a.binaries.alow", "unknown key 'alow'", "did you mean 'allow'"],
+    ),
+    (
+        "binaries-allow-without-reason",
+        f"components:\n  a:\n    {GOOD_SOURCE}\n    binaries:\n      allow: [/usr/bin/qemu-*]\n",
+        "5:7",
+        ["components.a.binaries", "binaries.allow needs a reason", 'reason: "..."'],
+    ),
+    (
+        "binaries-relative-pattern",
+        f"components:\n  a:\n    {GOOD_SOURCE}\n    binaries: {{allow: [usr/bin/qemu-*], reason: emulators}}\n",
+        "4:24",
+        ["components.a.binaries.allow[0]", "'usr/bin/qemu-*' is not an absolute path pattern"],
+    ),
+    (
+        "binaries-check-mode",
+        "components:\n  a:\n    mirror: ghcr.io/x/y:1\n    binaries: {check: fial}\n",
+        "4:23",
+        ["components.a.binaries.check", "'fial' is not a check mode", "did you mean 'fail'"],
+    ),
+    (
+        "binaries-warn-on-built",
+        f"components:\n  a:\n    {GOOD_SOURCE}\n    binaries: {{check: warn}}\n",
+        "4:23",
+        ["components.a.binaries.check", "a mismatch always fails its build", "allow:"],
+    ),
+    (
         "non-string-key",
         "components:\n  [a, b]: {mirror: ghcr.io/x/y:1}\n",
         "2:3",

@@ -77,6 +77,7 @@ def test_two_platform_processes_then_merge_equal_a_single_call(
     partial = ReleaseLock.read(work / "partial-arm64.json")
     assert partial.partial_platform == "linux/arm64"
     assert set(partial.component("hello").platforms) == {"linux/arm64"}
+    assert partial.component("hello").binaries["linux/arm64"].machines == {"aarch64": 2}  # each runner checks its own
     with RegistryClient() as client:
         # pushed by digest only: no tag exists yet
         assert client.head_manifest(partial.component("hello").tag_refs()[0]) is None
@@ -96,6 +97,8 @@ def test_two_platform_processes_then_merge_equal_a_single_call(
             assert split_layout["attestations"] == 2
             assert set(merged.component(name).platforms) == {"linux/amd64", "linux/arm64"}
             assert merged.component(name).platforms == one.component(name).platforms
+            assert merged.component(name).binaries == one.component(name).binaries
+            assert set(merged.component(name).binaries) == {"linux/amd64", "linux/arm64"}
             for ref in merged.component(name).tag_refs():
                 head = client.head_manifest(ref)
                 assert head is not None, ref

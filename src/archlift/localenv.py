@@ -41,6 +41,7 @@ from .refs import Digest, ImageRef
 SETUP_HINT = "run scripts/setup-host.sh to set up the build host"
 BUSYBOX_DEB_DIR = Path("/var/cache/archlift/busybox-static")
 ARCHES = ("amd64", "arm64")
+ARCHES_PLATFORMS = ("linux/amd64", "linux/arm64")
 
 _MANIFEST_ACCEPT = ", ".join(
     (
@@ -448,10 +449,12 @@ def _build_and_push(
     platforms: Sequence[str],
     what: str,
     args: Mapping[str, str] | None = None,
+    output: str = "",
 ) -> ImageRef:
     """Build to an OCI layout (timestamps rewritten to the epoch: the same digests on every host), push it
     by digest with archlift's own client, then tag it. buildx's own push is not used: the registry can
-    answer its HEAD of the tag with a passing 500 when several pushes share blobs."""
+    answer its HEAD of the tag with a passing 500 when several pushes share blobs. ``output``: more
+    options of the OCI exporter (``compression=zstd,force-compression=true``)."""
     from .oci import RegistryClient
     from .oci.layout import push_image
 
@@ -465,7 +468,7 @@ def _build_and_push(
             "--platform", ",".join(platforms),
             "--provenance=false", "--sbom=false",
             "--build-arg", "SOURCE_DATE_EPOCH=0", *build_args,
-            "--output", f"type=oci,dest={layout},tar=false,rewrite-timestamp=true",
+            "--output", f"type=oci,dest={layout},tar=false,rewrite-timestamp=true" + (f",{output}" if output else ""),
             "--metadata-file", str(metadata),
             str(context),
         ],
@@ -483,7 +486,13 @@ def _build_and_push(
 
 
 def _seed(
-    registry_host: str, repository: str, tag: str, what: str, dockerfile: str, platforms: Sequence[str]
+    registry_host: str,
+    repository: str,
+    tag: str,
+    what: str,
+    dockerfile: str,
+    platforms: Sequence[str],
+    output: str = "",
 ) -> ImageRef:
     ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
     existing = _existing(ref)
@@ -493,7 +502,24 @@ def _seed(
         context = Path(tmp) / "context"
         context.mkdir()
         _busybox_context(context)
-        return _build_and_push(context, dockerfile, ref, platforms, what)
+        return _build_and_push(context, dockerfile, ref, platforms, what, output=output)
+
+
+def seed_image(
+    registry_host: str,
+    repository: str,
+    tag: str,
+    dockerfile: str,
+    platforms: Sequence[str] = ARCHES_PLATFORMS,
+    *,
+    output: str = "",
+) -> ImageRef:
+    """An image built from ``dockerfile`` over a context that holds ``amd64/bin/busybox`` and
+    ``arm64/bin/busybox`` (Debian's busybox-static of each), pushed to a plain-HTTP loopback registry:
+    images right or wrong on purpose (an arm64 entry that holds the amd64 binary). ``output``: more
+    options of buildx's OCI exporter (``compression=zstd,force-compression=true``). Idempotent like
+    ``seed_busybox``; returns ``host/repository:tag@digest``."""
+    return _seed(registry_host, repository, tag, f"the image {repository}", dockerfile, platforms, output)
 
 
 BUSYBOX_DOCKERFILE = """\

@@ -35,6 +35,14 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class BinariesRecord:
+    """What the binaries check found in one platform's image: how many ELF files, of which machines."""
+
+    elf_files: int
+    machines: dict[str, int]  # "aarch64" -> count
+
+
+@dataclass(frozen=True)
 class ComponentRelease:
     name: str
     kind: str  # "built" | "mirrored"
@@ -49,6 +57,7 @@ class ComponentRelease:
     built_at: str = ""
     media_type: str = "application/vnd.oci.image.index.v1+json"
     attestations: dict[str, Digest] = field(default_factory=dict)  # manifest digest -> attestation manifest
+    binaries: dict[str, BinariesRecord] = field(default_factory=dict)  # platform -> what the check found
 
     @property
     def ref(self) -> ImageRef:
@@ -143,6 +152,11 @@ def _dump_component(c: ComponentRelease) -> dict[str, Any]:
         }
     if c.source_image:
         out["source_image"] = c.source_image
+    if c.binaries:
+        out["binaries"] = {
+            p: {"elf_files": b.elf_files, "machines": dict(sorted(b.machines.items()))}
+            for p, b in sorted(c.binaries.items())
+        }
     return out
 
 
@@ -177,6 +191,10 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
         inputs_hash=d.get("inputs_hash", ""),
         built_at=d.get("built_at", ""),
         attestations={k: Digest.parse(v) for k, v in d.get("attestations", {}).items()},
+        binaries={  # absent from locks written before the binaries check
+            p: BinariesRecord(int(b["elf_files"]), {str(m): int(n) for m, n in b["machines"].items()})
+            for p, b in d.get("binaries", {}).items()
+        },
     )
 
 

@@ -84,6 +84,7 @@ def _component_json(p: PlannedComponent, root: Path) -> dict[str, Any]:
         "platforms": [str(x) for x in p.platforms],
         "tags": list(p.tag_templates),
         "replaces": list(comp.replaces),
+        "binaries": {"check": comp.binaries.check, "allow": list(comp.binaries.allow), "reason": comp.binaries.reason},
     }
     if comp.mirror:
         out["mirror"] = str(comp.mirror)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -27,6 +27,9 @@ from ..errors import ArchliftError, ConfigError
 from ..lock import ReleaseLock
 from ..oci.model import ATTESTATION_ANNOTATION, ATTESTATION_FOR, ATTESTATION_VALUE
 from ..refs import Digest, ImageRef, Platform, RefError
+
+if TYPE_CHECKING:
+    from .binaries import Checker, PlatformBinaries
 
 SOURCE_KEY = "org.opencontainers.image.source"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -393,10 +396,17 @@ class ImageReport:
     attestations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # platform -> kinds
     referrers: dict[str, int] = field(default_factory=dict)  # kind -> count
     error: str = ""
+    binaries_checked: bool = False  # audit --binaries
+    binaries: tuple[PlatformBinaries, ...] = ()  # one per platform the image has
+    binaries_error: str = ""
+
+    @property
+    def binaries_ok(self) -> bool:
+        return not self.binaries_error and all(b.ok for b in self.binaries)
 
     @property
     def ok(self) -> bool:
-        return not self.error and not self.missing
+        return not self.error and not self.missing and self.binaries_ok
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -411,6 +421,11 @@ class ImageReport:
             "attestations": {k: list(v) for k, v in sorted(self.attestations.items())},
             "referrers": dict(sorted(self.referrers.items())),
             "error": self.error,
+            **(
+                {"binaries": [b.to_json() for b in self.binaries], "binaries_error": self.binaries_error}
+                if self.binaries_checked
+                else {}
+            ),
             "ok": self.ok,
         }
 
@@ -431,20 +446,36 @@ def _image_details(registry: Registry, ref: ImageRef, manifest: dict[str, Any]) 
     return config_platform(doc), config_labels(doc)
 
 
-def inspect(registry: Registry, target: Target) -> ImageReport:
-    """Ask the registry what ``target`` has; failures become the report's ``error``."""
+def inspect(registry: Registry, target: Target, checker: Checker | None = None) -> ImageReport:
+    """Ask the registry what ``target`` has; failures become the report's ``error``. With ``checker``,
+    also whether the binaries of each platform it has are for that platform (``audit --binaries``)."""
     try:
         ref = ImageRef.parse(target.text)
     except RefError as e:
         return ImageReport(target, missing=tuple(map(str, target.wanted)), error=f"not an image reference: {e}")
     try:
-        return _inspect(registry, ref, target)
+        report, manifests, listed = _inspect(registry, ref, target)
     except (ArchliftError, ValueError, KeyError, TypeError) as e:
-        message = e.message if isinstance(e, ArchliftError) else f"unexpected manifest content: {e}"
+        message = _message(e)
         return ImageReport(target, missing=tuple(map(str, target.wanted)), error=message.splitlines()[0])
+    if checker is None:
+        return report
+    from .binaries import platform_of
+
+    repo = ImageRef(ref.registry, ref.repository)
+    try:
+        found = tuple(checker.check(repo, d, platform_of(p), listed=listed) for p, d in sorted(manifests.items()))
+    except (ArchliftError, ValueError, KeyError, TypeError) as e:
+        return replace(report, binaries_checked=True, binaries_error=_message(e).splitlines()[0])
+    return replace(report, binaries_checked=True, binaries=found)
 
 
-def _inspect(registry: Registry, ref: ImageRef, target: Target) -> ImageReport:
+def _message(e: Exception) -> str:
+    return e.message if isinstance(e, ArchliftError) else f"unexpected manifest content: {e}"
+
+
+def _inspect(registry: Registry, ref: ImageRef, target: Target) -> tuple[ImageReport, dict[str, Digest], bool]:
+    """The report, each platform's manifest digest, and whether those platforms are an index's listing."""
     top = registry.get_manifest(ref)
     doc = top.json()
     attestations: dict[str, tuple[str, ...]] = {}
@@ -474,7 +505,7 @@ def _inspect(registry: Registry, ref: ImageRef, target: Target) -> ImageReport:
     for d in registry.referrers(ref, top.digest):
         k = referrer_kind(d.artifact_type or d.media_type)
         referrers[k] = referrers.get(k, 0) + 1
-    return ImageReport(
+    report = ImageReport(
         target,
         digest=str(top.digest),
         kind=kind,
@@ -484,14 +515,18 @@ def _inspect(registry: Registry, ref: ImageRef, target: Target) -> ImageReport:
         attestations=attestations,
         referrers=referrers,
     )
+    return report, platforms, top.is_index
 
 
-def audit(registry: Registry, targets: Sequence[Target], workers: int = 4) -> list[ImageReport]:
-    """Inspect every target (a few at once); reports in the targets' order."""
+def audit(
+    registry: Registry, targets: Sequence[Target], workers: int = 4, checker: Checker | None = None
+) -> list[ImageReport]:
+    """Inspect every target (a few at once); reports in the targets' order. With ``checker``, the
+    binaries of every platform of every image are checked too (layers shared between images read once)."""
     if not targets:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-        return list(pool.map(lambda t: inspect(registry, t), targets))
+        return list(pool.map(lambda t: inspect(registry, t, checker), targets))
 
 
 # --- output -------------------------------------------------------------------------------
@@ -509,16 +544,33 @@ def _notes(r: ImageReport) -> str:
     return "; ".join(parts)
 
 
-def table_rows(reports: Sequence[ImageReport]) -> list[tuple[str, ...]]:
-    return [
-        (r.target.text, ", ".join(r.platforms) or "-", ", ".join(r.missing) or "-", r.source or "-", _notes(r))
-        for r in reports
-    ]
+def binaries_cell(r: ImageReport) -> str:
+    """``ok``, or the mismatches of each platform (the first path, its machine, a count)."""
+    if r.error:
+        return "-"
+    if r.binaries_error:
+        return f"error: {r.binaries_error}"
+    if not r.binaries:
+        return "-"
+    bad = [b.summary() for b in r.binaries if not b.ok]
+    if bad:
+        return "; ".join(bad)
+    unchecked = [b.platform for b in r.binaries if not b.checked]
+    return "ok" + (f" ({', '.join(unchecked)} not checked: no ELF machine known)" if unchecked else "")
 
 
-def format_table(reports: Sequence[ImageReport]) -> str:
-    rows = [TABLE_HEADERS, *table_rows(reports)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADERS) - 1)]
+def table_rows(reports: Sequence[ImageReport], binaries: bool = False) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for r in reports:
+        row = (r.target.text, ", ".join(r.platforms) or "-", ", ".join(r.missing) or "-", r.source or "-")
+        rows.append((*row, binaries_cell(r), _notes(r)) if binaries else (*row, _notes(r)))
+    return rows
+
+
+def format_table(reports: Sequence[ImageReport], binaries: bool = False) -> str:
+    headers = (*TABLE_HEADERS[:-1], "BINARIES", TABLE_HEADERS[-1]) if binaries else TABLE_HEADERS
+    rows = [headers, *table_rows(reports, binaries)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers) - 1)]
     lines = []
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)] + [row[-1]]
@@ -528,10 +580,14 @@ def format_table(reports: Sequence[ImageReport]) -> str:
 
 def summary(reports: Sequence[ImageReport]) -> str:
     bad = [r for r in reports if not r.ok]
+    checked = any(r.binaries_checked for r in reports)
     if not bad:
-        return f"{len(reports)} image(s): every wanted platform is there"
+        also = ", and their binaries are for their platforms" if checked else ""
+        return f"{len(reports)} image(s): every wanted platform is there{also}"
     missing = sum(1 for r in bad if r.missing and not r.error)
-    failed = sum(1 for r in bad if r.error)
+    failed = sum(1 for r in bad if r.error or r.binaries_error)
+    wrong = sum(1 for r in bad if not r.error and not all(b.ok for b in r.binaries))
     parts = [f"{missing} missing a wanted platform"] if missing else []
+    parts += [f"{wrong} with binaries of another machine"] if wrong else []
     parts += [f"{failed} could not be inspected"] if failed else []
     return f"{len(reports)} image(s): {', '.join(parts)}"

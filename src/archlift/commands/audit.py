@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "an images.yaml: mirrored images, published images, base images; a release lock; image references), "
         "inspect each in its registry (all platforms of an index, attestations, referrers, the config of a "
         "single-platform image) and print image, platforms, missing platforms and source "
-        "(org.opencontainers.image.source). Exit 1 when a wanted platform is missing or an image cannot be "
-        "inspected.",
+        "(org.opencontainers.image.source). With --binaries, also read every layer of every platform and check "
+        "that each ELF file is for that platform's machine (x86-64 for linux/amd64, aarch64 for linux/arm64, ...) "
+        "and that the image config names the platform the index lists. Exit 1 when a wanted platform is "
+        "missing, a binary is another machine's, or an image cannot be inspected.",
     )
     p.add_argument("targets", nargs="+", metavar="TARGET", help="manifest file or directory, images.yaml, "
                    "release lock (.json), or image reference")  # fmt: skip
@@ -31,6 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="OS/ARCH",
         help="a platform every image must have (repeat, or comma-separate); default: the images.yaml "
         "component's platforms, the lock's, else linux/amd64 and linux/arm64",
+    )
+    p.add_argument(
+        "--binaries",
+        action="store_true",
+        help="check that every platform's ELF binaries are for that platform (reads every layer once; "
+        "--json lists the files of another machine)",
     )
     add_json_arg(p)
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP and unverified TLS to any registry")
@@ -59,11 +67,17 @@ def run(args: argparse.Namespace) -> int:
     if not targets:
         raise UsageError("no images found in " + ", ".join(args.targets))
     with RegistryClient(insecure=args.insecure, ca_file=args.ca_file) as client:
-        reports = audit(client, targets, workers=args.jobs)
+        if args.binaries:
+            from ..checks.binaries import Checker, default_cache
+
+            with Checker(client, cache=default_cache()) as checker:
+                reports = audit(client, targets, workers=args.jobs, checker=checker)
+        else:
+            reports = audit(client, targets, workers=args.jobs)
     ok = all(r.ok for r in reports)
     if args.json:
         print_json({"ok": ok, "images": [r.to_json() for r in reports]})
     else:
-        print(format_table(reports))
+        print(format_table(reports, binaries=args.binaries))
         print(summary(reports))
     return 0 if ok else 1

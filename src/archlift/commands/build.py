@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="push by digest only and move no tag; the lock is partial, for 'archlift merge'",
     )
+    p.add_argument(
+        "--no-binaries-check",
+        dest="check_binaries",
+        action="store_false",
+        help="do not check that every image's ELF binaries are for its platform (to measure what the check "
+        "costs; the lock then records no binaries)",
+    )
     p.set_defaults(func=run)
 
 
@@ -83,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
             )
         with group("build: bake, push by digest, verify"):
             results = build(decisions, config=config, client=run.client, trees=run.trees, report=report, jobs=jobs)
+        if args.check_binaries:  # pushed by digest -> binaries match their platforms -> (only then) tags move
+            from ..checks.binaries import gate
+
+            with group("check: every image's binaries are for its platform"):
+                results = gate(run.client, config, results, report)
         with group("release: move the tags, write the lock"):
             result = release(
                 results,
@@ -96,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(_json(result, args.lock))
     else:
-        _print_summary(result, args.lock)
+        _print_summary(result, args.lock, args.check_binaries)
     return result.exit_code
 
 
@@ -121,13 +133,19 @@ def _json(result: RunResult, lock: Path) -> dict[str, object]:
                 "image": str(r.release.ref) if r.release else None,
                 "platforms": {k: str(v) for k, v in r.release.platforms.items()} if r.release else {},
                 "tags": list(r.release.tags) if r.release else [],
+                "binaries": {
+                    p: {"elf_files": b.elf_files, "machines": b.machines} for p, b in r.release.binaries.items()
+                }
+                if r.release
+                else {},
+                "warnings": list(r.warnings),
             }
             for r in result.results
         ],
     }
 
 
-def _print_summary(result: RunResult, lock: Path) -> None:
+def _print_summary(result: RunResult, lock: Path, checked: bool = True) -> None:
     from ..ui import annotate_error, step_summary, table
 
     rows = []
@@ -145,11 +163,16 @@ def _print_summary(result: RunResult, lock: Path) -> None:
         )
     text = table(["component", "status", "time", "digest", "platforms", "tags"], rows)
     print(text)
+    for r in result.results:
+        for warning in r.warnings:
+            print(f"\n{r.name}: warning:\n  " + warning.replace("\n", "\n  "), file=sys.stderr)
     for name, error in result.errors:
         print(f"\n{name} failed: {error.title}: " + error.message.replace("\n", "\n  "), file=sys.stderr)
         if error.hint:
             print(f"  {error.hint}", file=sys.stderr)
         annotate_error(f"{name} failed", error.message + (f"\n{error.hint}" if error.hint else ""))
+    if not checked:
+        print("\nbinaries not checked (--no-binaries-check): the lock records none", file=sys.stderr)
     if result.ok and result.lock and result.lock.partial_platform:
         print(
             f"\npartial release ({result.lock.partial_platform}) pushed by digest; no tag moved; partial lock: {lock}"
@@ -163,6 +186,11 @@ def _print_summary(result: RunResult, lock: Path) -> None:
         )
         for rel in result.lock.components.values():
             print(f"  {rel.ref}")
+        if checked:
+            records = [b for r in result.results if r.release for b in r.release.binaries.values()]
+            files = sum(b.elf_files for b in records)
+            warned = " (see the warnings above)" if any(r.warnings for r in result.results) else ""
+            print(f"binaries: {files} ELF file(s) checked in {len(records)} platform image(s){warned}")
     else:
         failed = [r.name for r in result.results if r.status == "failed"]
         print(f"\nrelease NOT complete: {', '.join(failed)} failed; no tag was moved and {lock} was not written.")

@@ -4,23 +4,29 @@ Starts two real registries on loopback (unless given ``--registry`` /
 ``--mirror-to``), keeps their storage and ports under ``.cache/demo/`` so a
 second run reuses them (and builds nothing), seeds the base images, turns
 ``examples/demo/upstreams/*`` into git repositories, then runs validate, plan,
-build, render, publish, mirror and verify, and says where everything is.
+build, the refusal of hello without its patch (examples/demo/unpatched.yaml,
+built into its own repository), render, publish, mirror and verify, and says
+where everything is.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
-from ..errors import ArchliftError
+from ..errors import ArchliftError, BuildError
 
 DEMO_DIR = Path("examples/demo")
 STATE_DIR = Path(".cache/demo")
+UNPATCHED = "unpatched.yaml"  # beside images.yaml: hello without its patch, into its own repository
 UPSTREAMS = {"hello": ("v1.0.0",), "toolbox": ("v0.3.0",)}
 
 
@@ -88,6 +94,49 @@ def _step(argv: list[str]) -> None:
         raise ArchliftError(f"the demo stopped: 'archlift {' '.join(argv)}' exited with {status}")
 
 
+class _Tee:
+    """stderr as it is, and a copy of what was written."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.text = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.text.write(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def refuse_unpatched(config: Path, host: str) -> None:
+    """Build ``config`` (the demo's hello without its patch): the build must refuse it, naming the amd64
+    binary in its linux/arm64 image, move no tag and write no lock. The demo stops otherwise."""
+    from ..cli import main
+    from ..oci import RegistryClient
+    from ..refs import ImageRef
+
+    lock = STATE_DIR / "unpatched-release.json"
+    argv = ["build", str(config), "--lock", str(lock)]
+    print(f"$ archlift {' '.join(argv)}", flush=True)
+    tee = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(tee):
+        status = main(argv)
+    said = tee.text.getvalue()
+    with RegistryClient() as client:
+        tagged = client.head_manifest(ImageRef.parse(f"{host}/demo-unpatched/hello:v1.0.0"))
+    wanted = ("(linux/arm64) holds", "/opt/hello/bin/busybox: x86-64")
+    if status != BuildError.exit_code or lock.exists() or tagged is not None or not all(w in said for w in wanted):
+        raise ArchliftError(
+            f"the demo stopped: building {config} (hello without its patch) should have been refused for its "
+            f"amd64 binary in linux/arm64 (exit {BuildError.exit_code}, no tag, no lock); it exited {status}"
+        )
+    print(
+        "==> refused, as it must be: the linux/arm64 image holds /opt/hello/bin/busybox built for x86-64; "
+        "no tag of demo-unpatched/hello moved, no lock written; the release above is untouched",
+        flush=True,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     config = args.config
     if not config.is_file():
@@ -106,6 +155,13 @@ def run(args: argparse.Namespace) -> int:
             ("validate and plan", ["validate", cfg]),
             ("", ["plan", cfg]),
             ("build for linux/amd64 and linux/arm64, push by digest, tag, lock", ["build", cfg]),
+        ):
+            if title:
+                _say(title)
+            _step(argv)
+        _say("the same hello without its patch (seed 000 as upstream ships it), into demo-unpatched/: refused")
+        refuse_unpatched(config.parent / UNPATCHED, host)
+        for title, argv in (
             ("render the install manifests, every image pinned by digest", ["render", cfg]),
             ("publish the manifests as an OCI artifact", ["publish", "--to", f"{host}/demo/manifests:latest"]),
             (f"mirror the release into {target}", ["mirror", "--to", target]),

@@ -75,6 +75,10 @@ def print_text(plan: Plan, decisions: dict[str, dict[str, Any]]) -> None:
         print(f"  image:     {p.image} tags {', '.join(p.tag_templates)}")
         if comp.replaces:
             print(f"  replaces:  {', '.join(comp.replaces)}")
+        policy = comp.binaries
+        if policy.allow or (comp.mirror and policy.check == "fail"):  # other than the default
+            allowed = f"; allowed: {', '.join(policy.allow)} ({policy.reason})" if policy.allow else ""
+            print(f"  binaries:  a binary of another machine fails the build{allowed}")
         if p.name in decisions:
             d = decisions[p.name]
             print(f"  decision:  {d['action']}: {d['reason']}")

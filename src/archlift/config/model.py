@@ -52,7 +52,19 @@ TOP_KEYS = (
     "manifests",
 )
 SOURCE_KEYS = ("git", "path", "ref", "commit", "patches", "build")
-COMPONENT_KEYS = ("image", "source", "mirror", "patches", "build", "platforms", "tags", "replaces", "description")
+COMPONENT_KEYS = (
+    "image",
+    "source",
+    "mirror",
+    "patches",
+    "build",
+    "platforms",
+    "tags",
+    "replaces",
+    "description",
+    "binaries",
+)
+BINARIES_KEYS = ("check", "allow", "reason")
 BUILD_KEYS = ("context", "dockerfile", "dockerfile_local", "target", "args", "contexts")
 CACHE_KEYS = ("type", "repository")
 MANIFESTS_KEYS = ("templates", "values", "upstream")
@@ -92,6 +104,15 @@ class Source:
 
 
 @dataclass(frozen=True)
+class BinariesPolicy:
+    """What the check that binaries match their platform does for one component (see checks/binaries.py)."""
+
+    check: str = "fail"  # fail: a mismatch fails the component | warn: a warning (mirrored components' default)
+    allow: tuple[str, ...] = ()  # path patterns that may hold binaries of another machine, on purpose
+    reason: str = ""  # why (required with allow)
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     image: ImageRef  # repository, no tag
@@ -102,6 +123,7 @@ class Component:
     tags: tuple[str, ...]
     replaces: tuple[str, ...] = ()
     description: str = ""
+    binaries: BinariesPolicy = BinariesPolicy()
 
     @property
     def kind(self) -> str:
@@ -452,6 +474,7 @@ def _component(name: str, f: Field, ctx: _Defaults) -> Component:
     replaces = tuple(fields["replaces"].strings()) if "replaces" in fields else ()
     image = _image(name, fields.get("image"), ctx.registry)
     description = fields["description"].string() if "description" in fields else ""
+    binaries = _binaries(fields.get("binaries"), mirrored="mirror" in fields)
     if "mirror" in fields:
         for key in ("build", "patches"):
             if key in fields:
@@ -464,12 +487,51 @@ def _component(name: str, f: Field, ctx: _Defaults) -> Component:
             raise fields["mirror"].error(
                 f"'{mirror}' has neither tag nor digest", "pin the third-party image: REPO:TAG or REPO@sha256:..."
             )
-        return Component(name, image, None, mirror, None, platforms, tags, replaces, description)
+        return Component(name, image, None, mirror, None, platforms, tags, replaces, description, binaries)
     source = _component_source(name, fields["source"], ctx)
     if "patches" in fields:  # the component's own queue replaces its source's
         source = dataclasses.replace(source, patches=_patches(fields["patches"], ctx.root))
     build = _build(fields.get("build"), source.build, ctx.root)
-    return Component(name, image, source, None, build, platforms, tags, replaces, description)
+    return Component(name, image, source, None, build, platforms, tags, replaces, description, binaries)
+
+
+def _binaries(f: Field | None, *, mirrored: bool) -> BinariesPolicy:
+    default = "warn" if mirrored else "fail"
+    if f is None:
+        return BinariesPolicy(default)
+    fields = f.mapping(BINARIES_KEYS)
+    check = default
+    if "check" in fields:
+        check = fields["check"].nonempty("fail or warn")
+        if check not in ("fail", "warn"):
+            raise fields["check"].error(
+                f"'{check}' is not a check mode", closest(check, ("fail", "warn")) or "use fail or warn"
+            )
+        if check == "warn" and not mirrored:
+            raise fields["check"].error(
+                "a built component's binaries must match their platform: a mismatch always fails its build",
+                "allow the paths that hold another machine's binaries on purpose: allow: [PATTERN...] and reason:",
+            )
+    allow = []
+    for item in (
+        fields["allow"].sequence("a list of path patterns such as /usr/bin/qemu-*") if "allow" in fields else ()
+    ):
+        pattern = item.nonempty("a path pattern such as /usr/bin/qemu-*")
+        if not pattern.startswith("/"):
+            raise item.error(
+                f"'{pattern}' is not an absolute path pattern",
+                "patterns match absolute paths in the image: '*' within one directory, '**' across directories",
+            )
+        allow.append(pattern)
+    reason = fields["reason"].nonempty("a sentence saying why") if "reason" in fields else ""
+    if allow and not reason:
+        raise f.error(
+            "binaries.allow needs a reason",
+            'say why these paths hold binaries of another machine: reason: "..."',
+        )
+    if reason and not allow:
+        raise fields["reason"].error("a reason explains binaries.allow, which is not given")
+    return BinariesPolicy(check, tuple(allow), reason)
 
 
 def _component_source(name: str, f: Field, ctx: _Defaults) -> Source:

@@ -92,6 +92,22 @@ COMPONENT: dict[str, dict[str, Any]] = {
     "tags": TAGS,
     "replaces": _strings("how upstream manifests name this image (placeholders or repositories)"),
     "description": _string("what the component is, for people"),
+    "binaries": {"$ref": "#/$defs/binaries"},
+}
+
+BINARIES: dict[str, dict[str, Any]] = {
+    "check": {
+        "type": "string",
+        "enum": ["fail", "warn"],
+        "description": "what a binary of another machine does: fail the component, or (mirrored only, the "
+        "default there) warn in the summary",
+    },
+    "allow": _strings(
+        "absolute path patterns that may hold binaries of another machine on purpose ('*' within one "
+        "directory, '**' across directories)",
+        {"type": "string", "pattern": "^/"},
+    ),
+    "reason": _string("why the allowed paths hold binaries of another machine (required with allow)"),
 }
 
 CACHE: dict[str, dict[str, Any]] = {
@@ -180,6 +196,12 @@ def schema() -> dict[str, Any]:
                 oneOf=[{"required": ["git", "ref"]}, {"required": ["path"]}],
             ),
             "component": _object(model.COMPONENT_KEYS, COMPONENT, "a component", oneOf=either),
+            "binaries": _object(
+                model.BINARIES_KEYS,
+                BINARIES,
+                "binaries",
+                dependentRequired={"allow": ["reason"], "reason": ["allow"]},
+            ),
             "cache": _object(model.CACHE_KEYS, CACHE, "cache"),
             "attestations": _object(model.ATTEST_KEYS, ATTESTATIONS, "attestations"),
             "manifests": _object(model.MANIFESTS_KEYS, MANIFESTS, "manifests"),

@@ -48,6 +48,7 @@ class BuildResult:
     release: ComponentRelease | None = None
     error: ArchliftError | None = None  # failed: the error as it was raised
     index: bytes | None = None  # the index bytes read back from the registry (for tagging)
+    warnings: tuple[str, ...] = ()  # for the summary (a mirrored image's binaries of another machine)
 
     @property
     def message(self) -> str:

@@ -63,6 +63,7 @@ def _merge_one(name: str, parts: list[ComponentRelease], client: RegistryClient)
     attestations: dict[str, Digest] = {}
     for part in parts:
         attestations.update(part.attestations)
+    binaries = {p: b for part in parts for p, b in part.binaries.items()}  # each runner checked its platform
     inputs = hashlib.sha256("".join(sorted(p.inputs_hash for p in parts)).encode()).hexdigest()
     return ComponentRelease(
         name=name,
@@ -77,6 +78,7 @@ def _merge_one(name: str, parts: list[ComponentRelease], client: RegistryClient)
         built_at=max(p.built_at for p in parts),
         media_type=OCI_INDEX,
         attestations=attestations,
+        binaries=dict(sorted(binaries.items())),
     )
 
 
