@@ -384,7 +384,8 @@ class ImageMap:
             return None
         alternatives = "|".join(re.escape(t) for t in sorted(self.by_text, key=lambda t: (-len(t), t)))
         return re.compile(
-            rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])"
+            rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])",
+            re.ASCII,  # docker's reference grammar is ASCII: \w is [A-Za-z0-9_] here
         )
 
 
