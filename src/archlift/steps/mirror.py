@@ -33,6 +33,7 @@ from ..errors import ConfigError, MirrorError, RegistryError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import Descriptor, DigestMismatch, Manifest, RegistryClient, cosign_tag_of
 from ..oci.model import ATTESTATION_FOR
+from ..oci.walk import Walked, walk
 from ..refs import Digest, ImageRef, Platform, RefError
 
 log = logging.getLogger("archlift.steps.mirror")
@@ -284,12 +285,7 @@ class NoProgress:
 
 
 # ---------------------------------------------------------------------- the work
-@dataclass(eq=False)
-class Tree:
-    """Manifests in push order (children first) and the blobs they need."""
-
-    manifests: list[Manifest] = field(default_factory=list)
-    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+Tree = Walked  # manifests in push order (children first) and the blobs they need
 
 
 @dataclass(eq=False)
@@ -351,16 +347,9 @@ def _order(desc: Descriptor) -> tuple[bool, int]:
 
 
 def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
-    """Add ``manifest``, everything below it first, to ``tree``."""
-    if manifest.digest in seen:
-        return
-    seen.add(manifest.digest)
-    for d in manifest.descriptors():
-        if manifest.is_index and d.is_manifest:
-            collect(fetch, fetch(d.digest), tree, seen)
-        else:
-            tree.blobs[d.digest] = d
-    tree.manifests.append(manifest)
+    """Add ``manifest``, everything below it first, to ``tree`` (``archlift.oci.walk.walk``:
+    no recursion, a bounded depth and size)."""
+    walk(fetch, manifest, seen, into=tree)
 
 
 def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifest, tuple[str, ...]]:
