@@ -9,7 +9,15 @@ from pathlib import Path
 from ..config.model import load_config
 from ..errors import BuildError
 from ..plan import make_plan
-from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
+from .common import (
+    DEFAULT_LOCK,
+    add_config_arg,
+    add_json_arg,
+    add_registry_arg,
+    add_timeout_arg,
+    check_timeout,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="push by digest only and move no tag; the lock is partial, for 'archlift merge'",
     )
+    add_timeout_arg(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise BuildError("--jobs must be at least 1")
+    timeout = check_timeout(args)
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
     by_digest = None
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             refresh=args.refresh,
             by_digest=by_digest,
             report=report,
+            timeout=timeout,
         )
     if args.json:
         print_json(_json(result, args.lock))

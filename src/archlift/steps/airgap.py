@@ -35,7 +35,8 @@ from typing import Any
 from ..errors import ConfigError, MirrorError, RegistryError
 from ..lock import ReleaseLock
 from ..oci import OCI_INDEX, Descriptor, DigestMismatch, Manifest, RegistryClient, RequestFailed
-from ..refs import Digest, ImageRef, RefError
+from ..oci.model import InvalidManifest
+from ..refs import Digest, ImageRef, RefError, is_tag
 from .mirror import (
     Artifact,
     ImagePlan,
@@ -101,26 +102,21 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _download(client: RegistryClient, repo: ImageRef, desc: Descriptor, path: Path, attempts: int = 4) -> None:
-    """A blob into ``path``, verified; temporary failures start it again."""
-    from ..oci.transport import TransportError
-
+    """A blob into ``path``, verified; never more than its descriptor's size is written
+    (``open_blob`` stops there); temporary failures start it again."""
     for attempt in range(attempts):
         try:
-            resp = client.open_blob(repo, desc.digest)
+            reader = client.open_blob(repo, desc)
             h = hashlib.new(desc.digest.algorithm)
             total = 0
             try:
                 with path.open("wb") as f:
-                    for chunk in resp.chunks(CHUNK):
+                    for chunk in reader.chunks(CHUNK):
                         h.update(chunk)
                         total += len(chunk)
                         f.write(chunk)
-            except (TransportError, ConnectionError, TimeoutError) as e:  # reading: temporary
-                raise RequestFailed(
-                    f"reading blob {desc.digest.short()}: {e.__class__.__name__}", temporary=True
-                ) from None
             finally:
-                resp.release()
+                reader.release()
             actual = f"{desc.digest.algorithm}:{h.hexdigest()}"
             if actual != desc.digest.value or total != desc.size:
                 raise DigestMismatch(
@@ -324,7 +320,10 @@ class Bundle:
 
     def manifest(self, digest: Digest) -> Manifest:
         raw = self.read(self.blob_name(digest))
-        m = Manifest.of(raw)
+        try:
+            m = Manifest.of(raw)
+        except InvalidManifest as e:
+            raise self.refuse(f"blobs/sha256/{digest.hex} is not a valid manifest: {e}") from None
         if m.digest != digest:
             raise self.refuse(f"blobs/sha256/{digest.hex} does not match its digest")
         return m
@@ -426,8 +425,22 @@ def open_bundle(path: Path, progress: Progress | None = None) -> Bundle:
         bundle.index = json.loads(bundle.read("index.json"))
         if not isinstance(bundle.index, dict):
             raise ValueError("not a JSON object")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise bundle.refuse(f"its index.json is not valid ({e})") from None
+    entries = bundle.index.get("manifests") or []
+    if not isinstance(entries, list):
+        raise bundle.refuse("its index.json has no list of manifests")
+    for n, entry in enumerate(entries):  # every entry a valid descriptor, every tag in the tag grammar
+        try:
+            desc = Descriptor.from_json(entry, f"manifests[{n}]")
+        except InvalidManifest as e:
+            raise bundle.refuse(f"its index.json is not valid: {e}") from None
+        tag = desc.annotations.get(REF_NAME)
+        if tag is not None and not is_tag(tag):
+            raise bundle.refuse(
+                f"its index.json names the tag {tag[:80]!r} (manifests[{n}]), which is not a valid tag "
+                "(ASCII letters, digits, '_', '.', '-', not starting with '.' or '-'; at most 128)"
+            )
     if ARTIFACTS_PATH in members:
         try:
             bundle.artifacts = [Artifact.from_json(a) for a in json.loads(bundle.read(ARTIFACTS_PATH))]

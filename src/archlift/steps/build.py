@@ -221,8 +221,10 @@ def decide_one(ws: Workspace, comp: Component, force: bool = False) -> Decision:
 
 
 @contextlib.contextmanager
-def workspace(config: Config, *, refresh: bool = False, lock: ReleaseLock | None = None) -> Iterator[Workspace]:
-    client = RegistryClient(max_connections=32)  # several components push at once
+def workspace(
+    config: Config, *, refresh: bool = False, lock: ReleaseLock | None = None, timeout: float = 60.0
+) -> Iterator[Workspace]:
+    client = RegistryClient(max_connections=32, timeout=timeout)  # several components push at once
     ws = Workspace(config, client, lock, refresh)
     try:
         yield ws
@@ -514,11 +516,12 @@ def execute(
     refresh: bool = False,
     by_digest: str | None = None,
     report: Reporter = _quiet,
+    timeout: float = 60.0,
 ) -> RunResult:
     """Run the plan. With ``by_digest`` (a platform, or "all"), move no tag and write a partial lock
     for ``archlift merge``."""
     previous = None if by_digest else _read_lock_quietly(lock_path)
-    with workspace(plan.config, refresh=refresh, lock=previous) as ws:
+    with workspace(plan.config, refresh=refresh, lock=previous, timeout=timeout) as ws:
         workers = jobs or plan.config.concurrency
 
         def decide(p: PlannedComponent) -> Decision:
