@@ -31,6 +31,7 @@ Transport rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -117,6 +118,11 @@ def _scope(repo: ImageRef, actions: str = "pull") -> str:
 
 def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+@functools.lru_cache(maxsize=256)
+def _base_origin(scheme: str, host: str) -> tuple[str, str, int]:
+    return _origin(f"{scheme}://{host}")
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -545,7 +551,7 @@ class RegistryClient:
             url = target if target.startswith(("http://", "https://")) else f"{self.scheme(host)}://{host}{target}"
             url_host = urlsplit(url).netloc
             self._check_plain(url, context, "a request")
-            same_origin = _origin(url) == _origin(f"{self.scheme(host)}://{host}")
+            same_origin = _origin(url) == _base_origin(self.scheme(host), host)
             hdrs = dict(headers or {})
             if same_origin and not anonymous:  # credentials go to their own origin only
                 authz = self._auth_header(host, scope, context)

@@ -45,6 +45,7 @@ which parses the answers for it):
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import re
 import socket
@@ -187,7 +188,7 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="archlift-http-deadlines", daemon=True)
                 self._thread.start()
-            if w.deadline < self._wake_at:
+            if w.deadline < self._wake_at:  # (it wakes at least every second: most requests need no wake-up)
                 self._cond.notify()
 
     def remove(self, w: Watch) -> None:
@@ -201,7 +202,7 @@ class _Watchdog:
                 due = [w for w in self._watches if w.deadline <= now]
                 for w in due:
                     self._watches.discard(w)
-                self._wake_at = min((w.deadline for w in self._watches), default=now + 3600.0)
+                self._wake_at = min(min((w.deadline for w in self._watches), default=now + 1.0), now + 1.0)
                 if not due:
                     self._cond.wait(max(0.005, self._wake_at - now))
             for w in due:
@@ -544,14 +545,17 @@ class Transport:
         self.max_idle = max_idle  # connections kept per host
         self._lock = threading.Lock()
         self._managers: dict[tuple[str | None, TLS], urllib3.PoolManager] = {}
+        self._pools: dict[tuple[str, str, str | None, TLS], HTTPConnectionPool] = {}
         self._contexts: dict[TLS, ssl.SSLContext] = {}
         self._proxies = urllib.request.getproxies_environment()
         self._proxy_of: dict[tuple[str, str], str | None] = {}
+        self._timeouts = urllib3.Timeout(connect=timeout, read=timeout)
         self.via_proxy = 0  # for tests and reports: requests sent through a proxy
 
     def close(self) -> None:
         with self._lock:
             managers, self._managers = self._managers, {}
+            self._pools = {}
         for m in managers.values():
             m.clear()
 
@@ -588,7 +592,7 @@ class Transport:
             kw |= {"cert_reqs": "CERT_NONE", "assert_hostname": False}
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         if proxy is None:
-            m = urllib3.PoolManager(num_pools=64, **kw)
+            m = urllib3.PoolManager(num_pools=1024, **kw)  # (pools are kept by host in ``_pools`` too)
         else:
             parts = urlsplit(proxy)
             headers = {"User-Agent": USER_AGENT}
@@ -596,10 +600,26 @@ class Transport:
                 auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
                 headers |= urllib3.make_headers(proxy_basic_auth=auth)
             bare = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-            m = urllib3.ProxyManager(bare, num_pools=64, proxy_headers=headers, **kw)
+            m = urllib3.ProxyManager(bare, num_pools=1024, proxy_headers=headers, **kw)
         m.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
         with self._lock:
             return self._managers.setdefault(key, m)
+
+    def _pool(self, scheme: str, netloc: str, proxy: str | None, tls: TLS) -> HTTPConnectionPool:
+        """The keep-alive pool of one host (what ``PoolManager.urlopen`` looks up on every request)."""
+        key = (scheme, netloc, proxy, tls)
+        with self._lock:
+            pool = self._pools.get(key)
+        if pool is None:
+            parts = urlsplit(f"{scheme}://{netloc}")
+            try:
+                port = parts.port
+            except ValueError:
+                raise Unsendable(f"not a valid host: {netloc[:80]!r}") from None
+            pool = self._manager(proxy, tls).connection_from_host(parts.hostname, port, scheme)
+            with self._lock:
+                pool = self._pools.setdefault(key, pool)
+        return pool
 
     def _context(self, tls: TLS) -> ssl.SSLContext:
         import ssl
@@ -642,25 +662,28 @@ class Transport:
                 raise Unsendable(f"the request header {name} holds a line break")
         netloc = parts.netloc
         proxy = self.proxy_for(parts.scheme, netloc)
-        manager = self._manager(proxy, tls or TLS())
         headers = {"User-Agent": USER_AGENT, **headers}
         watch = Watch(self.timeout, self.min_rate)
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
             body = _counted(body, watch)
         _current.watch, _current.host = watch, netloc
         _WATCHDOG.add(watch)
+        options: dict[str, Any] = {
+            "body": body,
+            "headers": headers,
+            "redirect": False,
+            "retries": False,
+            "preload_content": False,
+            "decode_content": False,
+            "timeout": self._timeouts,
+        }
         try:
-            raw = manager.urlopen(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-            )
+            if proxy is not None and parts.scheme == "http":  # forwarded by the proxy: the manager sets it up
+                raw = self._manager(proxy, tls or TLS()).urlopen(method, url, **options)
+            else:  # direct, or through a CONNECT tunnel: straight to the host's pool
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                pool = self._pool(parts.scheme, netloc, proxy, tls or TLS())
+                raw = pool.urlopen(method, target, assert_same_host=False, **options)
         except Exception as e:
             _WATCHDOG.remove(watch)
             raise _mapped(e, netloc, watch, proxy) from None
@@ -684,6 +707,7 @@ def _counted(chunks: Iterable[bytes], watch: Watch) -> Iterator[bytes]:
         yield chunk
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """``host`` (with an optional port) names this machine."""
     name = host
