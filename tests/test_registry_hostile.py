@@ -26,6 +26,7 @@ from archlift.errors import ConfigError, RegistryError
 from archlift.localenv import LocalRegistry
 from archlift.lock import ReleaseLock
 from archlift.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, InvalidAnswer, Manifest, RegistryClient, auth
+from archlift.oci.http import USER_AGENT
 from archlift.oci.model import InvalidManifest
 from archlift.oci.walk import TreeError, walk
 from archlift.refs import Digest, ImageRef, RefError
@@ -142,7 +143,10 @@ def test_registry_and_token_requests_go_through_the_proxy_and_no_proxy_hosts_do_
     assert {t.target for t in world.proxy.tunnels} == {"registry.test:443", "auth.test:443"}
     assert all(t.headers["user-agent"].startswith("archlift/") for t in world.proxy.tunnels)
     assert tokens == ["Basic " + base64.b64encode(b"u:secret").decode()]  # to the https realm only
+    assert {s.headers["user-agent"] for s in world.auth.seen + world.registry.seen} == {USER_AGENT}
     assert c.transport.via_proxy >= 3
+    with pytest.raises(RegistryError, match=r"the proxy 127\.0\.0\.1 did not open a tunnel to unknown\.test"):
+        c.list_tags(ImageRef.parse("unknown.test/team/app"))  # a name the proxy cannot resolve either
     # NO_PROXY: straight to the host (which this machine cannot resolve), never to the proxy
     before = len(world.proxy.tunnels)
     for host in ("direct.test", "a.internal.test"):
