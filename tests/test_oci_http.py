@@ -375,3 +375,21 @@ def test_a_head_answer_gives_the_length_of_what_it_is_about(server: HostileServe
     repo = ImageRef.parse(f"{server.host}/a")
     assert client.blob_exists(repo, Digest.of(b"x")) and client.blob_exists(repo, Digest.of(b"y"))
     assert server.connections == 1
+
+
+def test_the_deadline_holds_over_tls_too(tmp_path: Path) -> None:
+    from hostile import tls_context
+
+    from archlift.oci.http import TLS
+
+    ctx, ca = tls_context(tmp_path / "tls", ("127.0.0.1",))
+    stop = threading.Event()
+    with HostileServer(tls=ctx) as s:
+        s.routes["/v2/a"] = lambda req: drip(req, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"s" * 1000, 0.05, stop)
+        t = Transport(timeout=1)
+        try:
+            with pytest.raises(TimedOut, match="no progress waiting for the answer within 1 s"):
+                t.send("GET", f"{s.url}/v2/a", {}, tls=TLS(ca_files=(str(ca),)))
+        finally:
+            stop.set()
+            t.close()

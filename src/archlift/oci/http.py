@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import logging
 import re
 import socket
 import threading
@@ -67,6 +68,8 @@ from .. import __version__
 
 if TYPE_CHECKING:
     import ssl
+
+log = logging.getLogger("archlift.oci")
 
 CHUNK = 1 << 20
 MAX_BODY = 4 << 20  # what ``read`` takes by default: manifests, tag lists, tokens
@@ -159,10 +162,10 @@ class Watch:
         self.fired = True
         conn = self.conn
         if conn is not None and getattr(conn, "archlift_watch", None) is self:  # still this request's connection
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
+            shutdown = getattr(getattr(conn, "sock", None), "shutdown", None)
+            if shutdown is not None:
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    shutdown(socket.SHUT_RDWR)
 
     def describe(self) -> str:
         if self.phase == "reading the body":
@@ -206,7 +209,10 @@ class _Watchdog:
                 if not due:
                     self._cond.wait(max(0.005, self._wake_at - now))
             for w in due:
-                w.expire()
+                try:
+                    w.expire()
+                except Exception:  # never let one odd socket stop every other deadline
+                    log.debug("could not end a request past its deadline", exc_info=True)
 
 
 _WATCHDOG = _Watchdog()
