@@ -223,5 +223,5 @@ def test_collect_walks_children_first_without_recursion_and_bounds_the_depth() -
     tree = Tree()
     collect(by_digest.__getitem__, chain[4], tree, set())
     assert tree.manifests == chain[:5] and list(tree.blobs) == [Digest.of(b"c")]
-    with pytest.raises(RegistryError, match="nested more than 8 deep"):
+    with pytest.raises(RegistryError, match="nested more than 8 levels deep"):
         collect(by_digest.__getitem__, chain[-1], Tree(), set())

@@ -16,7 +16,7 @@ from mirror_conftest_helpers import FaultProxy, PushedImage, assert_same, make_r
 from archlift.errors import ConfigError, MirrorError
 from archlift.localenv import LocalRegistry
 from archlift.lock import ComponentRelease, ReleaseLock
-from archlift.oci import Manifest, RegistryClient
+from archlift.oci import Manifest, RegistryClient, auth
 from archlift.refs import Digest, ImageRef
 from archlift.steps.mirror import MirrorResult, Target, check, filter_platforms, mirror, plan_mirror
 
@@ -174,9 +174,7 @@ def test_mirror_into_tls_auth_registry(
 ) -> None:
     client = RegistryClient()
     images = make_release(client, source, n=2)
-    monkeypatch.setenv(
-        "ARCHLIFT_AUTH_" + tls_auth.host.replace(".", "_").replace(":", "_"), f"{tls_auth.username}:{tls_auth.password}"
-    )
+    monkeypatch.setenv(auth.env_name(tls_auth.host), f"{tls_auth.username}:{tls_auth.password}")
     secure = RegistryClient(ca_file=str(tls_auth.ca_file))
     result = mirror(plan_mirror(release_lock(images), Target.parse(f"{tls_auth.host}/m")), secure, jobs=4)
     check(result)

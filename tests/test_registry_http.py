@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from archlift.errors import RegistryError as RegistryError_
-from archlift.oci import Descriptor, RegistryClient, RequestFailed
+from archlift.oci import Descriptor, RegistryClient, RequestFailed, auth
 from archlift.refs import Digest, ImageRef
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
@@ -79,8 +79,8 @@ def server() -> Iterator[Scripted]:
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RegistryClient]:
-    monkeypatch.delenv("ARCHLIFT_REGISTRY_USERNAME", raising=False)
-    monkeypatch.delenv("ARCHLIFT_REGISTRY_PASSWORD", raising=False)
+    for name in ("ARCHLIFT_REGISTRY_HOST", "ARCHLIFT_REGISTRY_USERNAME", "ARCHLIFT_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     c = RegistryClient(docker_config=str(tmp_path), backoff=0.01, retries=4)
     yield c
     c.close()
@@ -148,7 +148,14 @@ def test_reset_connection_is_retried(server: Scripted, client: RegistryClient) -
 
 def test_head_manifest_404_is_none_and_digest_is_verified(server: Scripted, client: RegistryClient) -> None:
     assert client.head_manifest(ImageRef.parse(f"{server.host}/a:missing")) is None
-    raw = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(Digest.of(b"{}")), "size": 2},
+            "layers": [],
+        }
+    ).encode()
     server.routes["/v2/a/manifests/"] = lambda h: reply(
         h, 200, raw, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
     )
@@ -163,7 +170,7 @@ def test_bearer_flow_caches_tokens_per_scope(
     server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="archlift")
-    monkeypatch.setenv(f"ARCHLIFT_AUTH_127_0_0_1_{server.host.rsplit(':', 1)[1]}", "alice:wonderland")
+    monkeypatch.setenv(auth.env_name(server.host), "alice:wonderland")
     token_requests: list[str] = []
 
     def token(h: BaseHTTPRequestHandler) -> None:
@@ -197,6 +204,7 @@ def test_refused_credentials_never_leak(
     server: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="archlift")
+    monkeypatch.setenv("ARCHLIFT_REGISTRY_HOST", server.host)
     monkeypatch.setenv("ARCHLIFT_REGISTRY_USERNAME", "bob")
     monkeypatch.setenv("ARCHLIFT_REGISTRY_PASSWORD", "topsecret-pw")
     server.routes["/v2/"] = lambda h: reply(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="x"'})
@@ -214,7 +222,7 @@ def test_no_credentials_message(server: Scripted, client: RegistryClient) -> Non
     server.routes["/v2/"] = lambda h: reply(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="x"'})
     with pytest.raises(RequestFailed, match="asks for credentials") as e:
         client.list_tags(ImageRef.parse(f"{server.host}/a"))
-    assert "ARCHLIFT_AUTH_127_0_0_1_" in e.value.hint
+    assert auth.env_name(server.host) in e.value.hint and "ARCHLIFT_REGISTRY_HOST" in e.value.hint
 
 
 def test_redirect_drops_authorization_for_other_hosts(
@@ -224,6 +232,7 @@ def test_redirect_drops_authorization_for_other_hosts(
     try:
         data = b"stored elsewhere"
         d = Digest.of(data)
+        monkeypatch.setenv("ARCHLIFT_REGISTRY_HOST", server.host)
         monkeypatch.setenv("ARCHLIFT_REGISTRY_USERNAME", "u")
         monkeypatch.setenv("ARCHLIFT_REGISTRY_PASSWORD", "p")
 

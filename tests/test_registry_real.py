@@ -10,7 +10,7 @@ import pytest
 from mirror_conftest_helpers import blob, push_image
 
 from archlift.localenv import LocalRegistry
-from archlift.oci import OCI_MANIFEST, DigestMismatch, RegistryClient, RequestFailed
+from archlift.oci import OCI_MANIFEST, DigestMismatch, RegistryClient, RequestFailed, auth
 from archlift.oci.client import chunks_of
 from archlift.refs import Digest
 
@@ -115,12 +115,12 @@ def test_tls_auth_registry(
     assert c.scheme(reg.host) == "https"
     assert c.get_manifest(img.pinned).digest == img.index
     # wrong password from the host-scoped variable (it wins over the config)
-    monkeypatch.setenv(f"ARCHLIFT_AUTH_{reg.host.replace('.', '_').replace(':', '_')}", f"{reg.username}:wrong-pw")
+    monkeypatch.setenv(auth.env_name(reg.host), f"{reg.username}:wrong-pw")
     with pytest.raises(RequestFailed, match="refused the credentials") as e2:
         RegistryClient(ca_file=str(reg.ca_file), docker_config=str(tmp_path)).list_tags(ref)
     assert "wrong-pw" not in e2.value.render() and reg.password not in e2.value.render()
     # insecure: no verification at all
-    monkeypatch.delenv(f"ARCHLIFT_AUTH_{reg.host.replace('.', '_').replace(':', '_')}")
+    monkeypatch.delenv(auth.env_name(reg.host))
     assert "v1" in RegistryClient(insecure=True, docker_config=str(tmp_path)).list_tags(ref)
 
 

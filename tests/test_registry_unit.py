@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from archlift.errors import RegistryError
+from archlift.errors import RegistryError, UsageError
 from archlift.oci import Descriptor, Manifest, auth, cosign_tag_of, is_loopback
 from archlift.oci.client import _retry_after
 from archlift.refs import Digest, Platform
@@ -36,9 +36,71 @@ def test_parse_basic_and_unquoted_and_escaped() -> None:
     assert c.params["note"] == 'say "hi"'
 
 
-def test_env_name() -> None:
-    assert auth.env_name("127.0.0.1:5000") == "ARCHLIFT_AUTH_127_0_0_1_5000"
+def test_env_name_spells_each_host_without_loss() -> None:
+    assert auth.env_name("127.0.0.1:5000") == "ARCHLIFT_AUTH_127_0_0_1___5000"
     assert auth.env_name("registry.local") == "ARCHLIFT_AUTH_REGISTRY_LOCAL"
+    assert auth.env_name("my-registry.example:5000") == "ARCHLIFT_AUTH_MY__REGISTRY_EXAMPLE___5000"
+    # the old spelling gave these two hosts one name; now each has its own, and it reads back
+    hosts = ["a.b:5000", "a-b:5000", "a--b.c", "a.b.c", "xn--bcher-kva.example", "localhost:80", "10.0.0.1"]
+    names = [auth.env_name(h) for h in hosts]
+    assert len(set(names)) == len(hosts)
+    assert [auth.host_of(n) for n in names] == hosts
+    assert auth.env_name("[::1]:5000") == ""  # no name for an IPv6 literal: the ARCHLIFT_REGISTRY_HOST pair
+    for bad in ("ARCHLIFT_AUTH_A_____B", "ARCHLIFT_AUTH_127_0_0_1_5000", "ARCHLIFT_AUTH_", "ARCHLIFT_AUTH_A__"):
+        assert auth.host_of(bad) is None, bad
+
+
+def test_environment_credentials_name_exactly_one_host() -> None:
+    pair = {"ARCHLIFT_REGISTRY_USERNAME": "g", "ARCHLIFT_REGISTRY_PASSWORD": "p"}
+    on = auth.lookup("r.example:5000", None, {**pair, "ARCHLIFT_REGISTRY_HOST": "r.example:5000"})
+    assert (on.username, on.password) == ("g", "p") and "ARCHLIFT_REGISTRY_HOST=r.example:5000" in on.source
+    assert not auth.lookup("other.example", None, {**pair, "ARCHLIFT_REGISTRY_HOST": "r.example:5000"})
+    assert not auth.lookup("r.example", None, {**pair, "ARCHLIFT_REGISTRY_HOST": "r.example:5000"})  # not the port
+    with pytest.raises(UsageError, match="are set, but not ARCHLIFT_REGISTRY_HOST"):
+        auth.lookup("r.example", None, pair)  # once for every host: refused
+    with pytest.raises(UsageError, match="but not ARCHLIFT_REGISTRY_USERNAME"):
+        auth.lookup("r.example", None, {"ARCHLIFT_REGISTRY_HOST": "r.example"})
+    with pytest.raises(UsageError, match="not a registry host"):
+        auth.lookup("r.example", None, {**pair, "ARCHLIFT_REGISTRY_HOST": "https://r.example/"})
+    both = {**pair, "ARCHLIFT_REGISTRY_HOST": "r.example", "ARCHLIFT_AUTH_R_EXAMPLE": "s:pw"}
+    with pytest.raises(UsageError, match="both ARCHLIFT_AUTH_R_EXAMPLE and ARCHLIFT_REGISTRY_HOST"):
+        auth.lookup("r.example", None, both)
+    a, b = auth.env_name("a.b:5000"), auth.env_name("a-b:5000")
+    env = {a: "dot:1", b: "dash:2"}
+    assert auth.lookup("a.b:5000", None, env).username == "dot"
+    assert auth.lookup("a-b:5000", None, env).username == "dash"
+    with pytest.raises(UsageError, match="ARCHLIFT_AUTH_A_B_5000 names no registry host") as e:
+        auth.lookup("a.b:5000", None, {"ARCHLIFT_AUTH_A_B_5000": "old:spelling"})  # archlift 0.1's name
+    assert "a.b:5000 is spelt ARCHLIFT_AUTH_A_B___5000" in e.value.hint
+    # empty values are unset (CI leaves missing secrets empty)
+    assert not auth.lookup("r.example", None, {"ARCHLIFT_REGISTRY_USERNAME": "", "ARCHLIFT_AUTH_X_____Y": ""})
+
+
+def test_environment_credentials_reach_only_their_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts, credentials for one: the other is asked anonymously (the hostile server records it)."""
+    from hostile import HostileServer, Request
+
+    from archlift.oci import RegistryClient
+    from archlift.refs import ImageRef
+
+    def protected(req: Request) -> None:
+        if req.headers.get("authorization"):
+            req.json(200, {"name": "a", "tags": ["v1"]})
+        else:
+            req.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="x"'})
+
+    with HostileServer() as mine, HostileServer() as theirs:
+        for s in (mine, theirs):
+            s.routes["/v2/a/"] = protected
+        monkeypatch.setenv("ARCHLIFT_REGISTRY_HOST", mine.host)
+        monkeypatch.setenv("ARCHLIFT_REGISTRY_USERNAME", "u")
+        monkeypatch.setenv("ARCHLIFT_REGISTRY_PASSWORD", "p")
+        c = RegistryClient(docker_config=str(tmp_path), retries=0)
+        assert c.list_tags(ImageRef.parse(f"{mine.host}/a")) == ["v1"]
+        with pytest.raises(RegistryError, match="asks for credentials"):
+            c.list_tags(ImageRef.parse(f"{theirs.host}/a"))
+        assert any(s.authorization for s in mine.api())
+        assert not any(s.authorization for s in theirs.seen)
 
 
 def _config(tmp_path: Path, data: dict[str, object]) -> str:
@@ -48,14 +110,10 @@ def _config(tmp_path: Path, data: dict[str, object]) -> str:
 
 def test_lookup_order(tmp_path: Path) -> None:
     cfg = _config(tmp_path, {"auths": {"r.example": {"auth": base64.b64encode(b"cfg:pw").decode()}}})
-    scoped = {
-        "ARCHLIFT_AUTH_R_EXAMPLE": "scoped:pw1",
-        "ARCHLIFT_REGISTRY_USERNAME": "g",
-        "ARCHLIFT_REGISTRY_PASSWORD": "p",
-    }
+    scoped = {"ARCHLIFT_AUTH_R_EXAMPLE": "scoped:pw1"}
     assert auth.lookup("r.example", cfg, scoped).username == "scoped"
-    generic = {"ARCHLIFT_REGISTRY_USERNAME": "g", "ARCHLIFT_REGISTRY_PASSWORD": "p"}
-    assert auth.lookup("r.example", cfg, generic).username == "g"
+    pair = {"ARCHLIFT_REGISTRY_HOST": "r.example", "ARCHLIFT_REGISTRY_USERNAME": "g", "ARCHLIFT_REGISTRY_PASSWORD": "p"}
+    assert auth.lookup("r.example", cfg, pair).username == "g"
     found = auth.lookup("r.example", cfg, {})
     assert (found.username, found.password) == ("cfg", "pw")
     assert not auth.lookup("other.example", cfg, {})
@@ -118,7 +176,7 @@ def test_credential_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_scoped_env_needs_colon() -> None:
-    with pytest.raises(RegistryError, match="user:password"):
+    with pytest.raises(UsageError, match="user:password"):
         auth.lookup("r.example", None, {"ARCHLIFT_AUTH_R_EXAMPLE": "nocolon"})
 
 

@@ -196,7 +196,7 @@ def test_sign_in_a_tls_registry_with_archlift_credentials(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """Credentials from ARCHLIFT_AUTH_<HOST> reach cosign (a temporary docker config), the CA as SSL_CERT_FILE."""
+    """Credentials from ARCHLIFT_AUTH_<HOST> reach cosign (a temporary docker config), the CA in SSL_CERT_FILE."""
     key, pub = key_pair
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
     monkeypatch.setenv(auth.env_name(auth_registry.host), f"{auth_registry.username}:{auth_registry.password}")
@@ -247,3 +247,31 @@ def test_the_record_keeps_other_components_signed_earlier(tmp_path: Path) -> Non
     assert [e["component"] for e in record] == ["a", "b"]
     path.write_text("not json")
     assert [e["component"] for e in json.loads(_record(path, lock, new))["signatures"]] == ["a"]
+
+
+def test_the_ca_file_handed_to_cosign_adds_to_its_system_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cosign (Go) reads SSL_CERT_FILE *instead of* its system file: archlift hands it a bundle of
+    what cosign would have read (``$SSL_CERT_FILE``, else Go's first system file) and then the CA."""
+    from archlift.checks.sign import GO_ROOT_FILES, system_roots_file
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-config"))
+    for name in ("ARCHLIFT_REGISTRY_HOST", "ARCHLIFT_REGISTRY_USERNAME", "ARCHLIFT_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    system, ca = tmp_path / "system.pem", tmp_path / "ca.pem"
+    system.write_text("-----SYSTEM ROOTS-----\n")
+    ca.write_text("-----OUR CA-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(system))
+    with Cosign(ca_file=ca).env(["127.0.0.1:1"]) as env:
+        handed = Path(env["SSL_CERT_FILE"])
+        assert handed not in (system, ca)
+        assert handed.read_text() == "-----SYSTEM ROOTS-----\n\n-----OUR CA-----\n"
+        assert "DOCKER_CONFIG" not in env  # no credentials from the environment: cosign reads the user's config
+    assert not handed.exists()  # a temporary file
+    monkeypatch.delenv("SSL_CERT_FILE")
+    found = system_roots_file()
+    assert found == next((Path(f) for f in GO_ROOT_FILES if Path(f).is_file()), None)
+    with Cosign(ca_file=ca).env([]) as env:
+        text = Path(env["SSL_CERT_FILE"]).read_text()
+        assert text.endswith("-----OUR CA-----\n") and (found is None or found.read_text() in text)
+    with Cosign().env([]) as env:
+        assert env == {}  # no CA file: cosign keeps its own roots

@@ -31,10 +31,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-import urllib3
 import yaml
 
 from .errors import BuildError, RegistryError, SourceError, ToolMissing
+from .oci.http import TLS, Response, Transport, TransportError
 from .proc import run, tail, which
 from .refs import Digest, ImageRef
 
@@ -128,8 +128,10 @@ class LocalRegistry:
         startup_timeout: float = 15.0,
         workdir: Path | None = None,
         port: int = 0,
+        tls_hosts: Sequence[str] = (),
     ) -> None:
         self.tls = tls
+        self.tls_hosts = tuple(tls_hosts)  # more names for its certificate (a test that reaches it through a proxy)
         self.preferred_port = port  # tried first when free (the demo keeps its port across runs)
         self.auth = auth
         self.username = username if auth else None
@@ -146,7 +148,7 @@ class LocalRegistry:
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
-        self._pool: urllib3.PoolManager | None = None
+        self._transport: Transport | None = None
 
     # --- addresses -----------------------------------------------------
     @property
@@ -183,7 +185,7 @@ class LocalRegistry:
         self.storage_dir.mkdir(exist_ok=True)
         extra: dict[str, object] = {}
         if self.tls:
-            self.ca_file, cert, key = make_tls_files(self.workdir / "tls")
+            self.ca_file, cert, key = make_tls_files(self.workdir / "tls", ("127.0.0.1", "localhost", *self.tls_hosts))
             extra["tls"] = {"certificate": str(cert), "key": str(key)}
         auth_conf: dict[str, object] = {}
         if self.auth:
@@ -239,19 +241,25 @@ class LocalRegistry:
 
     def _wait_until_up(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout
-        pool = urllib3.PoolManager(ca_certs=str(self.ca_file) if self.ca_file else None, retries=False)
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                return False
-            try:
-                status = pool.request("GET", f"{self.url}/v2/", timeout=1.0).status
-            except urllib3.exceptions.HTTPError:
-                status = 0
-            if status in (200, 401):
-                return True
-            time.sleep(0.05)
-        return False
+        probe = Transport(timeout=1.0)
+        try:
+            while time.monotonic() < deadline:
+                assert self._proc is not None
+                if self._proc.poll() is not None:
+                    return False
+                try:
+                    status = probe.send("GET", f"{self.url}/v2/", {}, tls=self._tls()).load().status
+                except TransportError:
+                    status = 0
+                if status in (200, 401):
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            probe.close()
+
+    def _tls(self) -> TLS | None:
+        return TLS(ca_files=(str(self.ca_file),)) if self.ca_file else None
 
     def stop(self, *, remove: bool = True) -> None:
         """Kill the server and wait for it; then remove the temporary directory (unless given one)."""
@@ -266,9 +274,9 @@ class LocalRegistry:
         for f in self._files:
             f.close()
         self._files = []
-        if self._pool is not None:
-            self._pool.clear()
-            self._pool = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
         _LIVE.discard(self)
         if remove:
             self._remove_workdir()
@@ -305,14 +313,16 @@ class LocalRegistry:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         credentials: bool = True,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         """One HTTP request to ``url + path`` (or to ``path`` when it is a full URL, such as an upload's
-        Location), trusting this registry's CA; credentials are sent unless told not."""
-        if self._pool is None:
-            self._pool = urllib3.PoolManager(ca_certs=str(self.ca_file) if self.ca_file else None, retries=False)
+        Location), trusting this registry's CA, through archlift's own HTTP layer; credentials are sent
+        unless told not. The answer's body is read whole (``data``)."""
+        if self._transport is None:
+            self._transport = Transport(timeout=30.0)
         all_headers = {**(self.auth_header() if credentials else {}), **(headers or {})}
         url = path if path.startswith(("http://", "https://")) else self.url + path
-        return self._pool.request(method, url, body=body, headers=all_headers, redirect=False, timeout=30)
+        tls = self._tls() if url.startswith("https://") else None
+        return self._transport.send(method, url, all_headers, body, tls=tls).load(256 << 20)
 
     def manifest_digest(self, repository: str, reference: str) -> Digest | None:
         """The digest ``repository:reference`` resolves to here, or None when it does not exist."""
@@ -347,7 +357,7 @@ class LocalRegistry:
         return f"LocalRegistry({self.url}, tls={self.tls}, auth={self.auth}, running={self.running})"
 
 
-def _digest_from_head(resp: urllib3.BaseHTTPResponse, what: str) -> Digest | None:
+def _digest_from_head(resp: Response, what: str) -> Digest | None:
     if resp.status == 404:
         return None
     if resp.status != 200:
@@ -426,18 +436,17 @@ def _busybox_context(context: Path) -> None:
 
 def _existing(ref: ImageRef) -> ImageRef | None:
     """``ref`` pinned to its digest when a plain-HTTP registry already has it, else None."""
-    pool = urllib3.PoolManager(retries=False)
+    transport = Transport(timeout=10.0)
     try:
-        resp = pool.request(
+        resp = transport.send(
             "HEAD",
             f"http://{ref.registry}/v2/{ref.repository}/manifests/{ref.reference}",
-            headers={"Accept": _MANIFEST_ACCEPT},
-            timeout=10,
+            {"Accept": _MANIFEST_ACCEPT},
         )
-    except urllib3.exceptions.HTTPError as e:
+    except TransportError as e:
         raise RegistryError(f"checking {ref}: {e}", hint="is the registry running?") from e
     finally:
-        pool.clear()
+        transport.close()
     digest = _digest_from_head(resp, str(ref))
     return ImageRef(ref.registry, ref.repository, ref.tag, digest) if digest else None
 

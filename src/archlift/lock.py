@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .refs import Digest, ImageRef, Platform, RefError
+from .refs import Digest, ImageRef, Platform, RefError, is_tag
 
 SCHEMA_VERSION = 1
 
@@ -177,6 +177,15 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
     for p in d["platforms"]:
         Platform.parse(p)
     ImageRef.parse(d["repository"])
+    tags = d.get("tags", [])
+    if not isinstance(tags, list):
+        raise ValueError(f"component {d.get('name')!r}: tags is not a list")
+    for tag in tags:
+        if not isinstance(tag, str) or not is_tag(tag):
+            raise ValueError(
+                f"component {d.get('name')!r}: tag {str(tag)[:80]!r} is not a valid tag "
+                "(ASCII letters, digits, '_', '.', '-', not starting with '.' or '-'; at most 128)"
+            )
     return ComponentRelease(
         name=d["name"],
         kind=d["kind"],
@@ -184,7 +193,7 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
         index_digest=Digest.parse(d["index_digest"]),
         media_type=d.get("media_type", "application/vnd.oci.image.index.v1+json"),
         platforms={p: Digest.parse(v) for p, v in d["platforms"].items()},
-        tags=tuple(d.get("tags", ())),
+        tags=tuple(tags),
         upstream=Upstream(up["url"], up["ref"], up["commit"], up["version"]) if up else None,
         source_image=d.get("source_image"),
         patches=tuple(PatchRecord(p["file"], p["sha256"]) for p in d.get("patches", ())),

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"  # docker reads it as docker.io
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+# ASCII only, matched whole (``fullmatch``: ``$`` alone would let a trailing newline through)
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _DOMAIN_RE = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*"
-    r"(?::[0-9]+)?$|^\[[0-9a-fA-F:]+\](?::[0-9]+)?$"
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*"
+    r"(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?"
 )
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # docker's tag grammar (no Unicode \w)
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 class RefError(ValueError):
@@ -32,7 +33,7 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        if not _DIGEST_RE.match(text):
+        if not _DIGEST_RE.fullmatch(text):
             raise RefError(f"'{text}' is not a digest (expected sha256: and 64 lowercase hex digits)")
         return cls(text)
 
@@ -82,14 +83,17 @@ class ImageRef:
         colon = rest.rfind(":")
         if colon > slash:
             name, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG_RE.match(tag):
-                raise RefError(f"'{text}': tag '{tag}' is not valid (letters, digits, '_', '.', '-'; at most 128)")
+            if not _TAG_RE.fullmatch(tag):
+                raise RefError(
+                    f"'{text}': tag '{tag}' is not valid (ASCII letters, digits, '_', '.', '-', not starting "
+                    "with '.' or '-'; at most 128)"
+                )
         registry, repository = _split_domain(name)
-        if not _DOMAIN_RE.match(registry):
+        if not _DOMAIN_RE.fullmatch(registry):
             raise RefError(f"'{text}': '{registry}' is not a registry host")
         if registry == DEFAULT_DOMAIN and "/" not in repository:
             repository = "library/" + repository
-        if not _PATH_RE.match(repository):
+        if not _PATH_RE.fullmatch(repository):
             raise RefError(
                 f"'{text}': repository '{repository}' is not valid "
                 "(lowercase letters, digits and separators '.', '_', '__', '-', '/')"
@@ -157,7 +161,7 @@ def context_name(text: str) -> str:
 
 
 def is_tag(text: str) -> bool:
-    return bool(_TAG_RE.match(text))
+    return bool(_TAG_RE.fullmatch(text))
 
 
 KNOWN_PLATFORMS = (

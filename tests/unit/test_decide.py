@@ -103,7 +103,15 @@ def test_a_record_of_the_same_inputs_means_skip(project: Path) -> None:
     )
     tag = record_ref(comp, config, first.inputs.hash)
     registry.have[str(tag)] = Descriptor("application/vnd.oci.image.manifest.v1+json", Digest.of(b"r"), 1)
-    registry.records[str(tag)] = json.dumps({"annotations": {ANNOTATION: json.dumps(record.to_json())}}).encode()
+    empty = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(Digest.of(b"{}")), "size": 2}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": empty,
+        "layers": [empty],
+        "annotations": {ANNOTATION: json.dumps(record.to_json())},
+    }
+    registry.records[str(tag)] = json.dumps(manifest).encode()
     registry.have[str(comp.image.with_digest(INDEX))] = Descriptor("application/vnd.oci.image.index.v1+json", INDEX, 1)
     again = _decide(project, registry)
     assert again["one"].action == "skip" and again["one"].record == record

@@ -525,11 +525,10 @@ class _Blob(io.RawIOBase):
 
     def _next(self) -> memoryview:
         from ..oci.client import DigestMismatch, RequestFailed
-        from ..oci.transport import TransportError
 
-        try:
+        try:  # the client's reader: a reset, a deadline or more bytes than the size are its errors already
             chunk = next(self._chunks, None)
-        except (TransportError, OSError) as e:  # a reset, a timeout, a short body: temporary
+        except OSError as e:  # temporary
             raise RequestFailed(f"reading {self._what}: {e.__class__.__name__}", temporary=True) from None
         if chunk is None:
             self._ended = True
@@ -672,7 +671,7 @@ class Checker:
         with self._lock:
             self.layers_read += 1
         for attempt in range(3):
-            blob = _Blob(self.client.open_blob(repo, desc.digest), desc, what)
+            blob = _Blob(self.client.open_blob(repo, desc), desc, what)
             try:
                 return scan_layer(blob, what)
             except RequestFailed as e:

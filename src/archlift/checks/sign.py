@@ -9,10 +9,14 @@ to check). The private key's password comes from ``COSIGN_PASSWORD``; KEY may
 be a file or anything cosign accepts (``env://VAR``, ``awskms://...``).
 
 Registry access follows archlift's rules: plain HTTP is allowed for loopback
-hosts (and ``insecure``), a CA file is handed to cosign as ``SSL_CERT_FILE``,
-and credentials from ``ARCHLIFT_AUTH_<HOST>`` / ``ARCHLIFT_REGISTRY_*`` are
-written to a temporary docker config for cosign (it reads only docker
-configs); otherwise cosign reads the same docker config archlift does.
+hosts (and ``insecure``); a CA file adds to the system's trusted roots, never
+replaces them: cosign (Go) gets ``SSL_CERT_FILE`` pointing at a temporary bundle
+of the roots it would read itself (``$SSL_CERT_FILE``, else the first of Go's
+system files that exists) followed by the CA file. Credentials from the
+environment (``ARCHLIFT_AUTH_<HOST>``, or ``ARCHLIFT_REGISTRY_HOST`` with
+``ARCHLIFT_REGISTRY_USERNAME``/``_PASSWORD``: each names one host) are written,
+for their own host only, to a temporary docker config for cosign (it reads
+only docker configs); otherwise cosign reads the same docker config archlift does.
 """
 
 from __future__ import annotations
@@ -98,23 +102,27 @@ class Cosign:
     @contextlib.contextmanager
     def env(self, hosts: Iterable[str]) -> Iterator[dict[str, str]]:
         out: dict[str, str] = {}
-        if self.ca_file:
-            out["SSL_CERT_FILE"] = self.ca_file
         auths = {}
         for host in sorted(set(hosts)):
             creds = auth.lookup(host)
             if creds and creds.source.startswith("ARCHLIFT_"):
                 raw = f"{creds.username}:{creds.password}".encode()
                 auths[host] = {"auth": base64.b64encode(raw).decode()}
-        if not auths:
+        if not auths and not self.ca_file:
             yield out
             return
         with tempfile.TemporaryDirectory(prefix="archlift-cosign-") as tmp:
-            path = Path(tmp) / "config.json"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"auths": auths}, f)
-            out["DOCKER_CONFIG"] = tmp
+            if self.ca_file:
+                bundle = Path(tmp) / "ca-certificates.crt"
+                roots = system_roots_file()
+                bundle.write_bytes((roots.read_bytes() + b"\n" if roots else b"") + Path(self.ca_file).read_bytes())
+                out["SSL_CERT_FILE"] = str(bundle)
+            if auths:
+                path = Path(tmp) / "config.json"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"auths": auths}, f)
+                out["DOCKER_CONFIG"] = tmp
             yield out
 
     def sign(self, ref: ImageRef, key: str, env: dict[str, str], annotations: dict[str, str]) -> None:
@@ -152,6 +160,27 @@ class Cosign:
         run(["cosign", "public-key", "--key", key, "--outfile", str(out)], env=env, error=SignError,
             context=f"deriving the public key of {key}", timeout=60)  # fmt: skip
         return out
+
+
+# Where Go's crypto/x509 looks for the system's roots on Linux (root_linux.go), in its order.
+GO_ROOT_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+)
+
+
+def system_roots_file() -> Path | None:
+    """The file of trusted roots cosign reads when nothing is set: ``$SSL_CERT_FILE``, else the
+    first of Go's system files that exists (None when there is none)."""
+    env = os.environ.get("SSL_CERT_FILE")
+    for name in [env] if env else GO_ROOT_FILES:
+        if Path(name).is_file():
+            return Path(name)
+    return None
 
 
 def _select(lock: ReleaseLock, components: Sequence[str]) -> list[ComponentRelease]:

@@ -7,7 +7,7 @@ import argparse
 from ..checks.audit import audit, collect, format_table, summary
 from ..errors import UsageError
 from ..refs import Platform, RefError
-from .common import add_json_arg, print_json
+from .common import add_json_arg, add_timeout_arg, check_timeout, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_json_arg(p)
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP and unverified TLS to any registry")
-    p.add_argument("--ca-file", metavar="FILE", help="trust this CA (PEM) for registry TLS")
+    p.add_argument("--ca-file", metavar="FILE", help="also trust this CA (PEM) for registry TLS, besides the system's")
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="images inspected at once (default 4)")
+    add_timeout_arg(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     targets = collect(args.targets, parse_platforms(args.platform))
     if not targets:
         raise UsageError("no images found in " + ", ".join(args.targets))
-    with RegistryClient(insecure=args.insecure, ca_file=args.ca_file) as client:
+    with RegistryClient(insecure=args.insecure, ca_file=args.ca_file, timeout=check_timeout(args)) as client:
         if args.binaries:
             from ..checks.binaries import Checker, default_cache
 

@@ -11,7 +11,15 @@ from ..config.model import load_config
 from ..errors import UsageError
 from ..lock import ReleaseLock
 from ..plan import make_plan
-from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_registry_arg, print_json
+from .common import (
+    DEFAULT_LOCK,
+    add_config_arg,
+    add_json_arg,
+    add_registry_arg,
+    add_timeout_arg,
+    check_timeout,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from ..steps.release import RunResult
@@ -51,6 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="do not check that every image's ELF binaries are for its platform (to measure what the check "
         "costs; the lock then records no binaries)",
     )
+    add_timeout_arg(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    timeout = check_timeout(args)
     config = load_config(args.config, registry=args.registry)
     plan = make_plan(config, args.components)
     by_digest = None
@@ -76,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs or config.concurrency
     with (
         reporter(rows, silent=args.quiet or args.json) as report,
-        open_run(config, lock=previous, refresh=args.refresh) as run,
+        open_run(config, lock=previous, refresh=args.refresh, timeout=timeout) as run,
     ):
         with group("decide: build, skip or copy each component"):
             decisions = decide(

@@ -49,15 +49,40 @@ def print_json(data: Any) -> None:
 
 
 DEFAULT_REPORT = Path("dist/mirror-report.json")
+DEFAULT_TIMEOUT = 60.0
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
-    """--insecure, --ca-file, --jobs: shared by mirror, import and verify."""
+    """--insecure, --ca-file, --jobs, --timeout: shared by mirror, export, import and verify."""
     p.add_argument(
         "--insecure", action="store_true", help="allow plain HTTP and unverified TLS for a non-loopback registry"
     )
-    p.add_argument("--ca-file", metavar="FILE", help="trust this CA for the registries' TLS certificates")
+    p.add_argument(
+        "--ca-file", metavar="FILE", help="also trust this CA (PEM) for the registries' TLS, besides the system's"
+    )
     p.add_argument("--jobs", "-j", type=int, default=4, metavar="N", help="blob copies at once (default 4)")
+    add_timeout_arg(p)
+
+
+def add_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=os.environ.get("ARCHLIFT_TIMEOUT") or DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="each registry request's deadline: to connect and send, then to get the answer's headers, then "
+        "for every such window of its body (which must bring at least 16 KiB/s); no retry starts later than "
+        f"twice that after the first attempt (default {DEFAULT_TIMEOUT:g}, or $ARCHLIFT_TIMEOUT)",
+    )
+
+
+def check_timeout(args: argparse.Namespace) -> float:
+    from ..errors import UsageError
+
+    timeout = float(args.timeout)
+    if not 0.1 <= timeout <= 3600:
+        raise UsageError(f"--timeout {args.timeout:g}: give a number of seconds from 0.1 to 3600")
+    return timeout
 
 
 DEFAULT_ARTIFACTS = Path("dist/manifests-artifact.json")
@@ -88,7 +113,9 @@ def make_client(args: argparse.Namespace) -> Any:
         raise UsageError(f"--jobs {args.jobs}: give a number from 1 to 64")
     if args.ca_file and not Path(args.ca_file).is_file():
         raise UsageError(f"--ca-file {args.ca_file}: no such file")
-    return RegistryClient(insecure=args.insecure, ca_file=args.ca_file, max_connections=2 * args.jobs)
+    return RegistryClient(
+        insecure=args.insecure, ca_file=args.ca_file, max_connections=2 * args.jobs, timeout=check_timeout(args)
+    )
 
 
 class RichProgress:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--component", action="append", default=[], metavar="NAME", help="only this component")
     p.add_argument("--record", type=Path, default=DEFAULT_RECORD, help=f"where to write the record ({DEFAULT_RECORD})")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP / unverified TLS (loopback needs none)")
-    p.add_argument("--ca-file", help="CA bundle for the registries' TLS certificates")
+    p.add_argument("--ca-file", help="also trust this CA (PEM) for the registries' TLS, besides the system's roots")
     add_json_arg(p)
     p.set_defaults(func=run)
 

@@ -1,24 +1,20 @@
 """The OCI distribution client used by build, publish, mirror, verify and audit.
 
-``RegistryClient`` (http.client, thread-safe, one instance for every host) with
-``Descriptor`` and ``Manifest`` values. Credentials, per registry host, first
-match wins:
+``RegistryClient`` (over ``archlift.oci.http``, urllib3; thread-safe, one
+instance for every host) with ``Descriptor`` and ``Manifest`` values, validated
+as they are read (``archlift.oci.model``), and ``archlift.oci.walk`` for manifest
+trees. Credentials, per registry host, come from ``ARCHLIFT_AUTH_<HOST>``,
+``ARCHLIFT_REGISTRY_HOST`` with ``ARCHLIFT_REGISTRY_USERNAME``/``_PASSWORD``,
+or the docker config (``archlift.oci.auth``), and go only to their own origin.
 
-1. ``ARCHLIFT_AUTH_<HOST>=user:password``: ``<HOST>`` is the host and port,
-   upper-cased, every other character than letters and digits replaced by
-   ``_`` (``registry.local:5000`` -> ``ARCHLIFT_AUTH_REGISTRY_LOCAL_5000``);
-2. ``ARCHLIFT_REGISTRY_USERNAME`` / ``ARCHLIFT_REGISTRY_PASSWORD`` (any host);
-3. the docker config, ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
-   (or ``RegistryClient(docker_config=...)``): ``credHelpers``, ``auths``
-   (``auth``, ``identitytoken``), ``credsStore``.
-
-Transport rules (HTTPS first, plain HTTP for loopback or ``insecure``, CA files,
-retries) are described in ``archlift.oci.client``.
+Transport rules (HTTPS first, plain HTTP for loopback or ``insecure``, CA files
+added to the system's roots, proxies, deadlines, bounded reads, retries) are
+described in ``archlift.oci.client`` and ``archlift.oci.http``.
 """
 
 from __future__ import annotations
 
-from .client import DigestMismatch, RegistryClient, RequestFailed, cosign_tag_of, is_loopback
+from .client import BlobReader, DigestMismatch, InvalidAnswer, RegistryClient, RequestFailed, cosign_tag_of, is_loopback
 from .model import (
     ACCEPT_MANIFESTS,
     DOCKER_LIST,
@@ -28,6 +24,7 @@ from .model import (
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    InvalidManifest,
     Manifest,
 )
 
@@ -39,8 +36,11 @@ __all__ = [
     "MANIFEST_TYPES",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "BlobReader",
     "Descriptor",
     "DigestMismatch",
+    "InvalidAnswer",
+    "InvalidManifest",
     "Manifest",
     "RegistryClient",
     "RequestFailed",

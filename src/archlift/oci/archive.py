@@ -30,7 +30,7 @@ from ..refs import Digest, ImageRef, RefError
 from .client import MAX_MANIFEST
 from .copy import Progress
 from .layout import CHUNK, LAYOUT_FILE, Entry, IndexedLayout, LayoutStore, parse_index
-from .model import Descriptor, Manifest
+from .model import Descriptor, InvalidManifest, Manifest
 from .store import Opener
 
 SUMS = "SHA256SUMS"
@@ -197,7 +197,10 @@ class ArchiveReader(IndexedLayout):
             raise self.refuse(f"it lacks {name}, which a manifest in it needs")
         if m.size > MAX_MANIFEST:
             raise self.refuse(f"manifest {name} has {m.size} bytes, more than 4 MiB")
-        manifest = Manifest.of(self.read(name))
+        try:
+            manifest = Manifest.of(self.read(name))
+        except InvalidManifest as e:
+            raise self.refuse(f"{name} is not a valid manifest ({e})") from None
         if manifest.digest != digest:
             raise self.refuse(f"{name} does not match its digest")
         return manifest

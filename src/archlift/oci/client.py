@@ -1,4 +1,4 @@
-"""The OCI distribution client (over its own HTTP/1.1 transport, ``.transport``): one
+"""The OCI distribution client, over ``archlift.oci.http`` (urllib3): one
 ``RegistryClient`` serves every registry host and may be shared by worker threads.
 
 Transport rules:
@@ -7,18 +7,31 @@ Transport rules:
   TLS; the scheme is remembered per host. A loopback host with no CA in
   ``/etc/docker/certs.d`` is asked ``GET /v2/`` in plain HTTP first (without
   credentials): a TLS server's refusal of it sends the client to HTTPS. A
-  loopback host whose certificate does not verify is an error (give ``ca_file``), not a silent downgrade; with
-  ``insecure=True`` certificates are not verified (docker's insecure registries).
-- CA: ``ca_file`` for every host, or ``/etc/docker/certs.d/<host>/ca.crt`` (and
-  ``client.cert``/``client.key``) when that exists.
+  loopback host whose certificate does not verify is an error (give ``ca_file``),
+  not a silent downgrade; with ``insecure=True`` certificates are not verified
+  (docker's insecure registries). No request goes in plain HTTP to any other
+  host: a redirect or an upload location there is refused.
+- CA: the system's trusted roots, plus ``ca_file`` and the ``*.crt`` files of
+  ``/etc/docker/certs.d/<host>/`` (and its ``client.cert``/``client.key``).
+- Proxies: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (see ``archlift.oci.http``).
+- Credentials stay with their origin: they go only with requests to the scheme,
+  host and port of the registry they were given for, never with a redirect or
+  an upload location elsewhere (a blob store), and to a token service only over
+  HTTPS (plain HTTP only when the registry itself may use it).
 - Retries with backoff only on temporary failures: 429 (honouring
-  ``Retry-After``), 5xx, connection reset, timeout; bounded by ``retries``.
+  ``Retry-After``), 5xx, connection reset, deadline; bounded by ``retries``
+  and by ``retry_time`` seconds from the first attempt.
+- Every request has a deadline (``timeout``, see ``archlift.oci.http``); a
+  manifest is at most 4 MiB, an error body is read up to 16 KiB, a blob no
+  larger than its descriptor says; manifests and descriptors are validated
+  (``archlift.oci.model``) before they are used.
 - Auth on 401: Basic, or the distribution token flow (Bearer), tokens cached per
   scope; see ``archlift.oci.auth`` for where credentials come from.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -31,18 +44,46 @@ from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import RegistryError
-from ..refs import Digest, ImageRef, Platform
+from ..refs import Digest, ImageRef, Platform, RefError, is_tag
 from . import auth
-from .model import ACCEPT_MANIFESTS, INDEX_TYPES, OCI_INDEX, Descriptor, Manifest
-from .transport import CHUNK, TLS, Broken, ConnectFailed, Response, TLSFailed, Transport, TransportError, Unsendable
+from .http import (
+    CHUNK,
+    ERROR_BODY,
+    MAX_BODY,
+    TLS,
+    Broken,
+    ConnectFailed,
+    Malformed,
+    Response,
+    TLSFailed,
+    TooLarge,
+    Transport,
+    TransportError,
+    Unsendable,
+    is_loopback,
+)
+from .model import ACCEPT_MANIFESTS, INDEX_TYPES, OCI_INDEX, Descriptor, InvalidManifest, Manifest
+
+__all__ = [
+    "BlobReader",
+    "DigestMismatch",
+    "InvalidAnswer",
+    "RegistryClient",
+    "RequestFailed",
+    "chunks_of",
+    "cosign_tag_of",
+    "is_loopback",
+]
 
 log = logging.getLogger("archlift.oci")
 
 CERTS_D = Path("/etc/docker/certs.d")
 MAX_MANIFEST = 4 << 20
+MAX_TAG_PAGES = 10_000
 _TEMPORARY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 507, 520, 522, 524})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_COSIGN_TAG = re.compile(r"^sha256-([a-f0-9]{64})(?:\.(sig|att|sbom))?$")
+_COSIGN_TAG = re.compile(r"sha256-([a-f0-9]{64})(?:\.(sig|att|sbom))?")
+_PLAIN_HTTP_HINT = "plain HTTP is allowed only for loopback registries, or for any with --insecure"
 
 
 class RequestFailed(RegistryError):
@@ -54,6 +95,14 @@ class RequestFailed(RegistryError):
         self.temporary = temporary
 
 
+class InvalidAnswer(RequestFailed):
+    """An answer archlift will not use: malformed HTTP, too large, an invalid manifest or
+    descriptor, a redirect to plain HTTP, a token service that is not HTTPS. Hostile input."""
+
+    exit_code = 2
+    title = "invalid registry answer"
+
+
 class DigestMismatch(RegistryError):
     """Content whose sha256 is not the digest it was asked for."""
 
@@ -63,29 +112,27 @@ class DigestMismatch(RegistryError):
         self.actual = actual
 
 
-def is_loopback(host: str) -> bool:
-    """``host`` (with an optional port) names this machine."""
-    name = host
-    if name.startswith("["):
-        name = name[1 : name.find("]")]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _scope(repo: ImageRef, actions: str = "pull") -> str:
     return f"repository:{repo.repository}:{actions}"
 
 
 def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+@functools.lru_cache(maxsize=256)
+def _base_origin(scheme: str, host: str) -> tuple[str, str, int]:
+    return _origin(f"{scheme}://{host}")
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an absolute URL, the default port filled in."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise Unsendable(f"not a valid URL: {url[:80]!r}") from None
+    return parts.scheme, (parts.hostname or "").lower(), port or (443 if parts.scheme == "https" else 80)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -107,13 +154,52 @@ def _error_text(resp: Response) -> str:
     """The registry's own error codes and messages, shortened."""
     import json
 
-    body = resp.data[:4096] if resp.data else b""
+    body = resp.text(ERROR_BODY)
     try:
         errors = json.loads(body).get("errors") or []
         text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         text = body.decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
     return f"HTTP {resp.status}" + (f" ({text[:300]})" if text else "")
+
+
+class BlobReader:
+    """A blob's body as it streams in: ``chunks`` stops with ``DigestMismatch`` as soon as
+    more bytes than the descriptor's size arrive (the chunk that crosses it is not given
+    out), and turns transport failures into ``RequestFailed`` (temporary when a retry may
+    help). The reader checks the size only; the digest is the caller's (it hashes anyway)."""
+
+    def __init__(self, resp: Response, digest: Digest, size: int, origin: str) -> None:
+        self._resp = resp
+        self.digest = digest
+        self.size = size
+        self.origin = origin
+        self.status = resp.status
+        self.headers = resp.headers
+        resp.limit = size
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        where = f"reading blob {self.digest.short()} from {self.origin}"
+        try:
+            yield from self._resp.chunks(size)
+        except TooLarge:
+            raise DigestMismatch(
+                f"blob {self.digest} from {self.origin}: the registry sent more than {self.size} bytes, "
+                "the size its descriptor gives; stopped there",
+                expected=self.digest,
+                actual="",
+            ) from None
+        except Malformed as e:
+            raise InvalidAnswer(f"{where}: {e}") from None
+        except TransportError as e:  # a reset, a deadline, a short body
+            raise RequestFailed(f"{where}: {e}", temporary=True) from None
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
 
 
 class RegistryClient:
@@ -127,16 +213,21 @@ class RegistryClient:
         retries: int = 8,
         backoff: float = 0.2,
         timeout: float = 60.0,
+        retry_time: float | None = None,
     ) -> None:
         self.insecure = insecure
         self.ca_file = ca_file
         self.docker_config = docker_config
         self.retries = retries
         self.backoff = backoff
-        self._transport = Transport(timeout=timeout, connect_timeout=min(15.0, timeout), max_idle=max_connections)
+        self.timeout = timeout
+        self.retry_time = retry_time if retry_time is not None else 2 * timeout
+        auth.check_environment()  # a credential variable that names no host, or not one, is refused now
+        self._transport = Transport(timeout=timeout, max_idle=max_connections)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._scheme: dict[str, str] = {}
+        self._tls_of: dict[str, TLS] = {}
         self._creds: dict[str, auth.Credentials] = {}
         self._basic: dict[str, str] = {}  # host -> Authorization header
         self._bearer: dict[str, auth.Challenge] = {}  # host -> its token challenge
@@ -156,15 +247,30 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def transport(self) -> Transport:
+        """The HTTP layer (proxies, TLS, deadlines), for a caller that needs plain requests."""
+        return self._transport
+
     # ------------------------------------------------------------------ transport
     def _tls(self, host: str) -> TLS:
+        with self._lock:
+            known = self._tls_of.get(host)
+        if known is not None:
+            return known
         if self.insecure:
-            return TLS(insecure=True)
-        certs = CERTS_D / host
-        ca = str(certs / "ca.crt") if (certs / "ca.crt").is_file() else self.ca_file
-        if (certs / "client.cert").is_file() and (certs / "client.key").is_file():
-            return TLS(ca_file=ca, cert_file=str(certs / "client.cert"), key_file=str(certs / "client.key"))
-        return TLS(ca_file=ca)
+            tls = TLS(insecure=True)
+        else:
+            certs = CERTS_D / host
+            cas = [self.ca_file] if self.ca_file else []
+            cas += sorted(str(p) for p in certs.glob("*.crt")) if certs.is_dir() else []
+            cert, key = certs / "client.cert", certs / "client.key"
+            if cert.is_file() and key.is_file():
+                tls = TLS(ca_files=tuple(cas), cert_file=str(cert), key_file=str(key))
+            else:
+                tls = TLS(ca_files=tuple(cas))
+        with self._lock:
+            return self._tls_of.setdefault(host, tls)
 
     def scheme(self, host: str) -> str:
         with self._lock:
@@ -198,7 +304,7 @@ class RegistryClient:
     def _authenticate(self, host: str, scope: str, header: str, context: str, tried: bool) -> None:
         challenge = auth.parse_challenge(header) if header else auth.Challenge("", {})
         creds = self._credentials(host)
-        hint = f"log in with 'docker login {host}', or set {auth.env_name(host)}=user:password"
+        hint = auth.env_hint(host)
         if challenge.scheme == "basic":
             if tried or not creds:
                 what = f"refused the credentials from {creds.source}" if creds else "asks for credentials"
@@ -207,6 +313,7 @@ class RegistryClient:
                 self._basic[host] = creds.basic_header()
             return
         if challenge.scheme == "bearer" and "realm" in challenge.params:
+            self._check_realm(host, challenge.params["realm"], context)
             with self._lock:
                 self._bearer[host] = challenge
                 stale = self._tokens.pop((host, scope), None)
@@ -217,6 +324,20 @@ class RegistryClient:
             return
         raise RequestFailed(f"{context}: {host} answered 401 with no usable challenge", status=401, hint=hint)
 
+    def _check_realm(self, host: str, realm: str, context: str) -> None:
+        """A token service gets credentials over HTTPS only (plain HTTP only when the
+        registry itself may use it: loopback, or --insecure)."""
+        parts = urlsplit(realm)
+        if parts.netloc and (parts.scheme == "https" or (parts.scheme == "http" and self._may_use_http(host))):
+            return
+        shown = realm if len(realm) <= 200 else realm[:200] + "..."
+        raise InvalidAnswer(
+            f"{context}: {host} names the token service (realm) {shown!r}, which is not an https:// URL; "
+            "archlift sent no credentials there",
+            hint="a registry's token realm must be https:// unless the registry itself is on loopback or "
+            "trusted with --insecure",
+        )
+
     def _fetch_token(self, host: str, scope: str, challenge: auth.Challenge, context: str) -> str:
         import json
 
@@ -225,8 +346,9 @@ class RegistryClient:
                 cached = self._tokens.get((host, scope))
             if cached:
                 return cached
-            creds = self._credentials(host)
             realm = challenge.params["realm"]
+            self._check_realm(host, realm, context)
+            creds = self._credentials(host)
             service = challenge.params.get("service", "")
             scopes = scope.split(" ")
             headers = {}
@@ -254,61 +376,90 @@ class RegistryClient:
                     f"{context}: the token service {realm_host} refused "
                     + (f"the credentials from {creds.source}" if creds else "anonymous access"),
                     status=resp.status,
-                    hint=f"log in with 'docker login {host}', or set {auth.env_name(host)}=user:password",
+                    hint=auth.env_hint(host),
                 )
             if resp.status != 200:
                 raise RequestFailed(f"{context}: token service {realm_host}: {_error_text(resp)}", status=resp.status)
             try:
                 data = json.loads(resp.data)
-                token = str(data.get("token") or data.get("access_token") or "")
-            except (ValueError, AttributeError):
+                token = data.get("token") or data.get("access_token") or ""
+            except (ValueError, AttributeError, RecursionError):
                 token = ""
-            if not token:
-                raise RequestFailed(f"{context}: token service {realm_host} sent no token")
+            if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0"):
+                raise InvalidAnswer(f"{context}: token service {realm_host} sent no usable token")
             with self._lock:
                 self._tokens[(host, scope)] = token
             return token
 
-    def _raw_send(self, method: str, url: str, headers: dict[str, str], body: Any, stream: bool) -> Response:
+    def _raw_send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any,
+        stream: bool,
+        limit: int = MAX_BODY,
+        what: str = "answer",
+    ) -> Response:
         parts = urlsplit(url)
         tls = self._tls(parts.netloc) if parts.scheme == "https" else None
         with self._lock:
             self.requests += 1
         log.debug("%s %s://%s%s", method, parts.scheme, parts.netloc, parts.path)  # no query: it may name the account
         resp = self._transport.send(method, url, headers, body, tls=tls)
-        if not stream:
-            resp.data  # noqa: B018  # read it whole now: the connection goes back to the pool
+        if not stream:  # read it whole now (bounded): the connection goes back to the pool
+            if resp.status >= 300:
+                resp.text(ERROR_BODY)
+            else:
+                resp.load(limit, what=what)
         return resp
 
     def _send_with_retries(
-        self, method: str, url: str, headers: dict[str, str], body: Any, context: str, stream: bool
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any,
+        context: str,
+        stream: bool,
+        limit: int = MAX_BODY,
+        what: str = "answer",
     ) -> Response:
-        """Send once, retrying temporary failures (only with a replayable body)."""
+        """Send once, retrying temporary failures (only with a replayable body), at most
+        ``retries`` times and never starting an attempt ``retry_time`` seconds after the first."""
         replayable = body is None or isinstance(body, bytes)
         attempt = 0
+        started = time.monotonic()
         while True:
             wait: float | None = None
             try:
-                resp = self._raw_send(method, url, headers, body, stream)
+                resp = self._raw_send(method, url, headers, body, stream, limit, what)
             except ConnectFailed as e:
                 raise RequestFailed(f"{context}: cannot connect to {urlsplit(url).netloc}: {e}") from None
             except Unsendable as e:
                 raise RequestFailed(f"{context}: {e}") from None
+            except (Malformed, TooLarge) as e:
+                raise InvalidAnswer(f"{context}: {e}") from None
             except Broken as e:
-                if not replayable or attempt >= self.retries:
+                if not replayable or attempt >= self.retries or time.monotonic() - started >= self.retry_time:
                     raise RequestFailed(
-                        f"{context}: {e} talking to {urlsplit(url).netloc}"
-                        + (f" after {attempt + 1} attempts" if attempt else ""),
+                        f"{context}: {e}" + (f" (after {attempt + 1} attempts)" if attempt else ""),
                         temporary=True,
                     ) from None
             else:
-                if resp.status not in _TEMPORARY_STATUS or not replayable or attempt >= self.retries:
+                if (
+                    resp.status not in _TEMPORARY_STATUS
+                    or not replayable
+                    or attempt >= self.retries
+                    or time.monotonic() - started >= self.retry_time
+                ):
                     return resp
                 wait = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
                 resp.release()
             delay = min(4.0, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
             if wait is not None:
                 delay = min(max(delay, wait), 30.0)
+            delay = max(0.0, min(delay, started + self.retry_time - time.monotonic()))
             attempt += 1
             log.debug("%s: temporary failure, retry %d in %.2f s", context, attempt, delay)
             time.sleep(delay)
@@ -329,24 +480,28 @@ class RegistryClient:
         body: Any = None,
         stream: bool = False,
         anonymous: bool = False,
+        limit: int = MAX_BODY,
+        what: str = "answer",
     ) -> Response:
         """One API request: scheme choice, auth, retries and redirects done here.
 
         ``target`` is a path (``/v2/...``) on ``host`` or an absolute URL (an
         upload location). Returns the response for any status that is not
         temporary; callers decide what a 404 means. ``anonymous``: no credentials
-        are sent, and a 401 is returned as it is.
+        are sent, and a 401 is returned as it is. Without ``stream`` the body is
+        read whole, up to ``limit`` bytes (an error's up to 16 KiB); ``what`` names it in errors.
         """
+        args = (scope, context, headers, body, stream, anonymous, limit, what)
         with self._lock:
             known = host in self._scheme
         if known or target.startswith(("http://", "https://")):
-            return self._request(method, host, target, scope, context, headers, body, stream, anonymous)
+            return self._request(method, host, target, *args)
         with self._probe_lock(f"scheme {host}"):  # the first request finds the scheme; the others wait for it
             with self._lock:
                 known = host in self._scheme
             if not known and self._plain_first(host):
                 self._probe_plain(host, context)
-            return self._request(method, host, target, scope, context, headers, body, stream, anonymous)
+            return self._request(method, host, target, *args)
 
     def _plain_first(self, host: str) -> bool:
         """Ask a loopback host in plain HTTP first (no certificate is configured for it): a
@@ -358,15 +513,23 @@ class RegistryClient:
         complaint about plain HTTP means the host speaks it; else it is left to HTTPS."""
         try:
             resp = self._raw_send("GET", f"http://{host}/v2/", {}, None, False)
-            tls_port = resp.status == 400 and b"https" in resp.data.lower()
+            tls_port = resp.status == 400 and b"https" in resp.text().lower()
         except ConnectFailed as e:
             raise RequestFailed(f"{context}: cannot connect to {host}: {e}") from None
-        except Broken:  # no HTTP answer: a TLS server that dropped the plain request
+        except (Broken, Malformed, TooLarge):  # no HTTP answer: a TLS server that dropped the plain request
             tls_port = True
         if not tls_port:
             log.debug("%s speaks plain HTTP (loopback)", host)
             with self._lock:
                 self._scheme[host] = "http"
+
+    def _check_plain(self, url: str, context: str, why: str) -> None:
+        """No request goes in plain HTTP to a host that may not use it."""
+        netloc = urlsplit(url).netloc
+        if url.startswith("http://") and not self._may_use_http(netloc):
+            raise InvalidAnswer(
+                f"{context}: refusing {why} in plain HTTP to {netloc} (http://{netloc}/...)", hint=_PLAIN_HTTP_HINT
+            )
 
     def _request(
         self,
@@ -379,19 +542,23 @@ class RegistryClient:
         body: Any,
         stream: bool,
         anonymous: bool,
+        limit: int,
+        what: str,
     ) -> Response:
         auth_tried = False
         redirects = 0
         while True:
             url = target if target.startswith(("http://", "https://")) else f"{self.scheme(host)}://{host}{target}"
             url_host = urlsplit(url).netloc
+            self._check_plain(url, context, "a request")
+            same_origin = _origin(url) == _base_origin(self.scheme(host), host)
             hdrs = dict(headers or {})
-            if url_host == host and not anonymous:
+            if same_origin and not anonymous:  # credentials go to their own origin only
                 authz = self._auth_header(host, scope, context)
                 if authz:
                     hdrs["Authorization"] = authz
             try:
-                resp = self._send_with_retries(method, url, hdrs, body, context, stream)
+                resp = self._send_with_retries(method, url, hdrs, body, context, stream, limit, what)
             except TLSFailed as e:
                 verify = e.verify
                 if url.startswith("https://") and not verify and self._may_use_http(url_host):
@@ -403,15 +570,15 @@ class RegistryClient:
                     continue
                 if verify:
                     raise RequestFailed(
-                        f"{context}: the TLS certificate of {url_host} does not verify",
+                        f"{context}: the TLS certificate of {url_host} does not verify ({e})",
                         hint=f"pass --ca-file, or put the CA in {CERTS_D}/{url_host}/ca.crt",
                     ) from None
                 hint = "" if self._may_use_http(url_host) else "plain HTTP needs --insecure for a non-loopback host"
-                raise RequestFailed(f"{context}: TLS with {url_host} failed", hint=hint) from None
+                raise RequestFailed(f"{context}: TLS with {url_host} failed ({e})", hint=hint) from None
             if url.startswith("https://"):
                 with self._lock:
                     self._scheme.setdefault(url_host, "https")
-            if resp.status == 401 and url_host == host and not anonymous:
+            if resp.status == 401 and same_origin and not anonymous:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
                 self._authenticate(host, scope, header, context, auth_tried)
@@ -423,8 +590,11 @@ class RegistryClient:
                 location = resp.headers.get("Location", "")
                 resp.release()
                 if not location:
-                    raise RequestFailed(f"{context}: HTTP {resp.status} without a Location")
+                    raise InvalidAnswer(f"{context}: {url_host} answered HTTP {resp.status} without a Location")
                 target = urljoin(url, location)
+                if not target.startswith(("http://", "https://")):
+                    raise InvalidAnswer(f"{context}: {url_host} redirected to {target[:100]!r}, not an http(s) URL")
+                self._check_plain(target, context, f"the redirect from {url_host}")
                 redirects += 1
                 continue
             return resp
@@ -453,7 +623,10 @@ class RegistryClient:
     def tls_verify(self, host: str) -> bool | str:
         """How a requests-based client should check ``host``'s certificate: False
         (``--insecure``), a CA bundle's path, or True (the system's CAs)."""
-        return False if self.insecure else (self._tls(host).ca_file or True)
+        if self.insecure:
+            return False
+        cas = self._tls(host).ca_files
+        return cas[0] if cas else True
 
     def _fail(self, resp: Response, context: str) -> RequestFailed:
         if resp.status == 403:
@@ -474,6 +647,8 @@ class RegistryClient:
             scope=_scope(ref),
             context=context,
             headers={"Accept": ACCEPT_MANIFESTS},
+            limit=MAX_MANIFEST,
+            what="manifest",
         )
 
     def _blob_call(self, method: str, repo: ImageRef, digest: Digest, context: str, stream: bool = False) -> Response:
@@ -486,6 +661,12 @@ class RegistryClient:
             stream=stream,
         )
 
+    def _manifest_of(self, raw: bytes, content_type: str, context: str) -> Manifest:
+        try:
+            return Manifest.of(raw, content_type)
+        except InvalidManifest as e:
+            raise InvalidAnswer(f"{context}: the registry sent an invalid manifest: {e}") from None
+
     # ------------------------------------------------------------------ manifests
     def head_manifest(self, ref: ImageRef) -> Descriptor | None:
         """The manifest's descriptor, or None when the registry has no such manifest."""
@@ -497,21 +678,22 @@ class RegistryClient:
             raise self._fail(resp, context)
         digest = resp.headers.get("Docker-Content-Digest")
         media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        size = resp.headers.get("Content-Length")
+        size = resp.declared_length
         if not digest or size is None or not media_type:
             return self.get_manifest(ref).descriptor()
-        return Descriptor(media_type, Digest.parse(digest), int(size))
+        try:
+            return Descriptor(media_type, Digest.parse(digest.strip()), size)
+        except RefError as e:
+            raise InvalidAnswer(f"{context}: the registry's Docker-Content-Digest is not valid: {e}") from None
 
     def get_manifest(self, ref: ImageRef) -> Manifest:
-        """The manifest's bytes; verified against ``ref.digest`` when the reference has one."""
+        """The manifest's bytes (at most 4 MiB), validated; verified against ``ref.digest``
+        when the reference has one."""
         context = f'fetching "{ref}"'
         resp = self._manifest_call("GET", ref, context)
         if resp.status != 200:
             raise self._fail(resp, context)
         raw = resp.data
-        if len(raw) > MAX_MANIFEST:
-            raise RequestFailed(f"{context}: a manifest of {len(raw)} bytes is larger than 4 MiB")
-        manifest = Manifest.of(raw, resp.headers.get("Content-Type", ""))
         if ref.digest:
             actual = _digest_of(raw, ref.digest.algorithm)
             if actual != ref.digest.value:
@@ -520,7 +702,7 @@ class RegistryClient:
                     expected=ref.digest,
                     actual=actual,
                 )
-        return manifest
+        return self._manifest_of(raw, resp.headers.get("Content-Type", ""), context)
 
     def put_manifest(self, ref: ImageRef, raw: bytes, media_type: str) -> Digest:
         """Push a manifest by tag or by digest; returns its digest."""
@@ -543,7 +725,7 @@ class RegistryClient:
             raise self._fail(resp, context)
         sent = resp.headers.get("Docker-Content-Digest")
         if sent and sent != str(digest):
-            raise RegistryError(f"{context}: the registry stored it as {sent}, not {digest}")
+            raise RegistryError(f"{context}: the registry stored it as {sent[:80]}, not {digest}")
         return digest
 
     def delete_manifest(self, ref: ImageRef) -> None:
@@ -559,24 +741,41 @@ class RegistryClient:
             raise self._fail(resp, context)
 
     def list_tags(self, repo: ImageRef) -> list[str]:
-        """Every tag of the repository ([] when the repository does not exist)."""
+        """Every tag of the repository ([] when the repository does not exist). The pages are
+        followed on the registry's own origin, each link once, at most 10,000 of them."""
         import json
 
         context = f'listing tags of "{repo.name}"'
         target: str | None = f"/v2/{repo.repository}/tags/list?n=1000"
         tags: list[str] = []
+        seen: set[str] = set()
         while target:
+            if len(seen) >= MAX_TAG_PAGES:
+                raise InvalidAnswer(f"{context}: more than {MAX_TAG_PAGES} pages of tags; stopped there")
+            seen.add(target)
             resp = self.request("GET", repo.registry, target, scope=_scope(repo), context=context)
             if resp.status == 404:
                 return []
             if resp.status != 200:
                 raise self._fail(resp, context)
             try:
-                tags += [str(t) for t in json.loads(resp.data).get("tags") or ()]
-            except (ValueError, AttributeError):
-                raise RequestFailed(f"{context}: the answer is not a tag list") from None
+                page = json.loads(resp.data).get("tags") or []
+            except (ValueError, AttributeError, RecursionError):
+                raise InvalidAnswer(f"{context}: the answer is not a tag list") from None
+            if not isinstance(page, list) or not all(isinstance(t, str) and is_tag(t) for t in page):
+                bad = next((t for t in page if not (isinstance(t, str) and is_tag(t))), page)
+                raise InvalidAnswer(f"{context}: the tag list holds {str(bad)[:60]!r}, which is not a tag")
+            tags += page
             link = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", resp.headers.get("Link", ""))
-            target = link.group(1) if link else None
+            target = None
+            if link:
+                base = f"{self.scheme(repo.registry)}://{repo.registry}"
+                absolute = urljoin(base + "/", link.group(1))
+                if _origin(absolute) != _origin(base):
+                    raise InvalidAnswer(f"{context}: the next page is on another host ({urlsplit(absolute).netloc})")
+                target = absolute[len(base) :] if absolute.startswith(base) else absolute
+                if target in seen:
+                    raise InvalidAnswer(f"{context}: the next-page link {target[:100]!r} repeats; stopped there")
         return tags
 
     def index_platforms(self, ref: ImageRef) -> dict[str, Digest]:
@@ -598,8 +797,8 @@ class RegistryClient:
         if config is None:
             return {}
         try:
-            doc = json.loads(self.get_blob(ref, config.digest))
-        except ValueError:
+            doc = json.loads(self.get_blob(ref, config))
+        except (ValueError, RecursionError):
             doc = None
         if not isinstance(doc, dict) or not doc.get("os"):
             return {}  # an artifact, not a runnable image
@@ -623,7 +822,7 @@ class RegistryClient:
             if resp.status == 200 and ctype in INDEX_TYPES:
                 with self._lock:
                     self._referrers_api.add(repo.registry)
-                return Manifest.of(resp.data, ctype).descriptors()
+                return self._manifest_of(resp.data, ctype, context).descriptors()
             if resp.status not in (400, 404, 405):
                 raise self._fail(resp, context)
             with self._lock:
@@ -661,28 +860,48 @@ class RegistryClient:
             return False
         raise self._fail(resp, context)
 
-    def get_blob(self, repo: ImageRef, digest: Digest) -> bytes:
-        """A small blob, held in memory and verified."""
+    def get_blob(self, repo: ImageRef, blob: Digest | Descriptor, *, max_size: int = MAX_BODY) -> bytes:
+        """A small blob, held in memory and verified: at most its descriptor's size (given a
+        ``Descriptor``), else at most ``max_size`` bytes."""
+        digest, size = (blob.digest, blob.size) if isinstance(blob, Descriptor) else (blob, None)
         context = f'fetching blob {digest.short()} from "{repo.name}"'
-        resp = self._blob_call("GET", repo, digest, context)
-        if resp.status != 200:
-            raise self._fail(resp, context)
-        data = resp.data
+        reader = self.open_blob(repo, digest, size if size is not None else max_size, exact=size is not None)
+        data = b"".join(reader.chunks())
         actual = _digest_of(data, digest.algorithm)
-        if actual != digest.value:
+        if actual != digest.value or (size is not None and len(data) != size):
             raise DigestMismatch(
-                f"{context}: the registry sent content whose digest is {actual}", expected=digest, actual=actual
+                f"{context}: the registry sent {len(data)} bytes whose digest is {actual}",
+                expected=digest,
+                actual=actual,
             )
         return data
 
-    def open_blob(self, repo: ImageRef, digest: Digest) -> Response:
-        """A streaming response for the blob (``copy_blob`` reads and verifies it)."""
+    def open_blob(
+        self, repo: ImageRef, blob: Digest | Descriptor, size: int | None = None, *, exact: bool = True
+    ) -> BlobReader:
+        """The blob's body as it streams in, bounded by its size: a ``Descriptor``, or a
+        ``Digest`` and its ``size``. A registry that announces another length is refused before
+        anything is read; one that sends more stops at the size (``BlobReader.chunks``).
+        ``exact=False``: ``size`` is only a bound (``get_blob`` without a descriptor)."""
+        digest = blob.digest if isinstance(blob, Descriptor) else blob
+        if isinstance(blob, Descriptor):
+            size = blob.size
+        if size is None:
+            raise ValueError("open_blob needs the blob's size: pass its Descriptor")
         context = f'fetching blob {digest.short()} from "{repo.name}"'
         resp = self._blob_call("GET", repo, digest, context, stream=True)
         if resp.status != 200:
-            resp.read()
             raise self._fail(resp, context)
-        return resp
+        declared = resp.declared_length
+        if declared is not None and (declared != size if exact else declared > size):
+            resp.close()
+            raise DigestMismatch(
+                f'blob {digest} from "{repo.name}": the registry has {declared} bytes for it, '
+                + (f"the manifest says {size}" if exact else f"more than the {size} bytes archlift reads"),
+                expected=digest,
+                actual="",
+            )
+        return BlobReader(resp, digest, size, f'"{repo.name}"')
 
     def honours_mounts(self, registry: str) -> bool:
         """Whether ``registry`` has mounted a blob for this client (``start_upload`` with ``mount``)."""
@@ -693,7 +912,9 @@ class RegistryClient:
         self, repo: ImageRef, *, mount: Digest | None = None, mount_from: ImageRef | None = None
     ) -> str | None:
         """Open an upload session and return its location; with ``mount``, try a
-        cross-repository mount first and return None when the blob was mounted."""
+        cross-repository mount first and return None when the blob was mounted.
+        A location on another origin gets no credentials; one in plain HTTP to a
+        host that may not use it is refused."""
         context = f'starting an upload to "{repo.name}"'
         target = f"/v2/{repo.repository}/blobs/uploads/"
         scope = _scope(repo, "pull,push")
@@ -711,8 +932,12 @@ class RegistryClient:
             raise self._fail(resp, context)
         location = resp.headers.get("Location")
         if not location:
-            raise RequestFailed(f"{context}: the registry gave no upload location")
-        return urljoin(f"{self.scheme(repo.registry)}://{repo.registry}/", location)
+            raise InvalidAnswer(f"{context}: the registry gave no upload location")
+        url = urljoin(f"{self.scheme(repo.registry)}://{repo.registry}/", location.strip())
+        if not url.startswith(("http://", "https://")):
+            raise InvalidAnswer(f"{context}: the upload location {location[:100]!r} is not an http(s) URL")
+        self._check_plain(url, context, "the upload")
+        return url
 
     def _finish_upload(self, repo: ImageRef, location: str, digest: Digest, body: Any, size: int, context: str) -> None:
         sep = "&" if "?" in location else "?"
@@ -807,30 +1032,13 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ for the stores (archlift.oci.store)
     def blob_chunks(self, repo: ImageRef, desc: Descriptor) -> tuple[Iterable[bytes], Callable[[], None]]:
-        """The blob's bytes as they arrive, and the function that ends the answer: what a
-        store's ``blob`` opener gives the copy. A length other than the descriptor's size is
-        refused before the body is read; a read that breaks is a temporary ``RequestFailed``
-        (the copy starts the blob again). Check the bytes with ``verified_chunks``."""
-        resp = self.open_blob(repo, desc.digest)
-        length = resp.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != desc.size:
-            resp.close()
-            raise DigestMismatch(
-                f'blob {desc.digest} from "{repo.name}": the registry has {length} bytes for it, '
-                f"the manifest says {desc.size}",
-                expected=desc.digest,
-                actual="",
-            )
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from resp.chunks()
-            except (TransportError, OSError) as e:  # a reset, a timeout, a short body
-                raise RequestFailed(
-                    f'reading blob {desc.digest.short()} from "{repo.name}": {e.__class__.__name__}', temporary=True
-                ) from None
-
-        return chunks(), resp.release
+        """The blob's bytes as they arrive, and the function that ends the answer: what a store's
+        ``blob`` opener gives the copy (``open_blob``'s bounds: a length other than the descriptor's
+        size is refused before the body is read, more bytes stop the read; a read that breaks is a
+        temporary ``RequestFailed``, and the copy starts the blob again). Check the bytes with
+        ``verified_chunks``."""
+        reader = self.open_blob(repo, desc)
+        return reader.chunks(), reader.release
 
 
 def verified_chunks(
@@ -868,7 +1076,7 @@ def _verified(
                 if progress:
                     progress(len(held))
             held = chunk
-    except (TransportError, OSError) as e:  # a reset, a timeout, a short body
+    except OSError as e:  # reading a local file (a bundle)
         raise RequestFailed(
             f"reading blob {desc.digest.short()} from {origin}: {e.__class__.__name__}", temporary=True
         ) from None
@@ -895,7 +1103,7 @@ def _verified(
 
 def cosign_tag_of(tag: str) -> Digest | None:
     """The digest a cosign/referrers-fallback tag (``sha256-<hex>[.sig|.att|.sbom]``) points at."""
-    m = _COSIGN_TAG.match(tag)
+    m = _COSIGN_TAG.fullmatch(tag)
     return Digest("sha256:" + m.group(1)) if m else None
 
 

@@ -40,8 +40,7 @@ from ..refs import Digest, ImageRef
 from .client import DigestMismatch
 from .model import ATTESTATION_FOR, Descriptor, Manifest
 from .store import Source, Target
-
-MAX_DEPTH = 8  # index levels: an index of indexes of images is 3
+from .walk import Walked, walk
 
 
 # ---------------------------------------------------------------------- in and out
@@ -124,36 +123,13 @@ class NoProgress:
 
 
 # ---------------------------------------------------------------------- trees
-@dataclass(eq=False)
-class Tree:
-    """Manifests in push order (children first) and the blobs they need."""
-
-    manifests: list[Manifest] = field(default_factory=list)
-    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+Tree = Walked  # manifests in push order (children first) and the blobs they need
 
 
 def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
-    """Add ``manifest``, everything below it first, to ``tree``: walked without recursion,
-    at most ``MAX_DEPTH`` indexes deep."""
-    if manifest.digest in seen:
-        return
-    seen.add(manifest.digest)
-    stack = [(manifest, iter(manifest.descriptors()))]
-    while stack:
-        parent, children = stack[-1]
-        for d in children:
-            if not (parent.is_index and d.is_manifest):
-                tree.blobs[d.digest] = d
-            elif d.digest not in seen:
-                if len(stack) >= MAX_DEPTH:
-                    raise RegistryError(f"{manifest.digest}: indexes nested more than {MAX_DEPTH} deep")
-                seen.add(d.digest)
-                child = fetch(d.digest)
-                stack.append((child, iter(child.descriptors())))
-                break
-        else:
-            stack.pop()
-            tree.manifests.append(parent)
+    """Add ``manifest``, everything below it first, to ``tree`` (``archlift.oci.walk``: no recursion,
+    a bounded depth and number of manifests)."""
+    walk(fetch, manifest, seen, into=tree)
 
 
 def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifest, tuple[str, ...]]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, RegistryError
 from ..refs import Digest, ImageRef, RefError, is_tag
 from .client import MAX_MANIFEST, RegistryClient, RequestFailed, cosign_tag_of, verified_chunks
-from .model import OCI_INDEX, Descriptor, Manifest
+from .model import OCI_INDEX, Descriptor, InvalidManifest, Manifest
 from .store import Linked, Opener
 
 if TYPE_CHECKING:
@@ -57,7 +57,10 @@ class Layout:
         return data
 
     def manifest(self, digest: Digest, media_type: str = "") -> Manifest:
-        return Manifest.of(self.read(digest), media_type)
+        try:
+            return Manifest.of(self.read(digest), media_type)
+        except InvalidManifest as e:
+            raise RegistryError(f"{self.root}: blob {digest} is not a valid manifest ({e})") from None
 
     def index(self) -> list[Descriptor]:
         data = json.loads((self.root / "index.json").read_text())
@@ -228,7 +231,7 @@ class LayoutStore(IndexedLayout):
             raise RegistryError(f"{self.root} has no manifest {digest}") from None
         if size > MAX_MANIFEST:
             raise RegistryError(f"{self.root}: manifest {digest} has {size} bytes, more than 4 MiB")
-        return Manifest.of(self.layout.read(digest))
+        return self.layout.manifest(digest)
 
     def blob(self, repo: ImageRef, desc: Descriptor) -> Opener:
         return lambda: file_chunks(self.layout.blob_path(desc.digest), f"{self.root}: blob {desc.digest}")

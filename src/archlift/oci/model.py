@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..refs import Digest, Platform
+from ..refs import Digest, Platform, RefError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -25,6 +25,31 @@ ATTESTATION_VALUE = "attestation-manifest"
 ATTESTATION_FOR = "vnd.docker.reference.digest"
 
 
+MAX_SIZE = (1 << 63) - 1
+
+
+class InvalidManifest(ValueError):
+    """A manifest or descriptor that breaks the OCI image spec; the message says where and why."""
+
+
+def _text(data: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:
+    value = data.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        raise InvalidManifest(f"{where}.{key} is {what}")
+    return value
+
+
+def _strings(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidManifest(f"{where} is not an object of strings")
+    return dict(value)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str
@@ -35,15 +60,36 @@ class Descriptor:
     artifact_type: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Descriptor:
+    def from_json(cls, data: Any, where: str = "descriptor") -> Descriptor:
+        """A descriptor, checked: a string media type, a digest (sha256 or sha512, its hex in
+        lower case and of the right length), a non-negative integer size; ``InvalidManifest``
+        (naming ``where``) otherwise."""
+        if not isinstance(data, dict):
+            raise InvalidManifest(f"{where} is not a JSON object")
+        media_type = _text(data, "mediaType", where, required=True)
+        digest_text = _text(data, "digest", where, required=True)
+        try:
+            digest = Digest.parse(digest_text)
+        except RefError:
+            raise InvalidManifest(
+                f"{where}.digest {digest_text[:80]!r} is not a digest (sha256:<64 hex> or sha512:<128 hex>)"
+            ) from None
+        size = data.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+            raise InvalidManifest(f"{where}.size {str(size)[:40]!r} is not a non-negative integer")
         plat = data.get("platform")
+        if plat is not None:
+            if not isinstance(plat, dict):
+                raise InvalidManifest(f"{where}.platform is not a JSON object")
+            for key in ("os", "architecture", "variant", "os.version"):
+                _text(plat, key, f"{where}.platform", required=key in ("os", "architecture"))
         return cls(
-            media_type=str(data.get("mediaType", "")),
-            digest=Digest.parse(str(data["digest"])),
-            size=int(data["size"]),
+            media_type=media_type,
+            digest=digest,
+            size=size,
             platform=Platform.from_oci(plat) if isinstance(plat, dict) else None,
-            annotations={str(k): str(v) for k, v in (data.get("annotations") or {}).items()},
-            artifact_type=str(data.get("artifactType", "")),
+            annotations=_strings(data.get("annotations"), f"{where}.annotations"),
+            artifact_type=_text(data, "artifactType", where),
         )
 
     @property
@@ -66,16 +112,34 @@ class Manifest:
 
     @classmethod
     def of(cls, raw: bytes, content_type: str = "") -> Manifest:
-        """A manifest from its bytes; the media type from the document when it names one."""
+        """A manifest from its bytes, checked (``InvalidManifest``): a JSON object, schema
+        version 2, a string media type, and valid descriptors where the spec has them (an
+        index's ``manifests``; an image's ``config`` and ``layers``; a ``subject``). The media
+        type is the document's when it names one, else ``content_type``."""
         media_type = content_type.split(";", 1)[0].strip()
         try:
             doc = json.loads(raw)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
-            media_type = doc["mediaType"]
-        elif isinstance(doc, dict) and not media_type:
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else "not valid JSON"
+            raise InvalidManifest(f"the manifest is {why}") from None
+        if not isinstance(doc, dict):
+            raise InvalidManifest("the manifest is not a JSON object")
+        if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):
+            raise InvalidManifest(f"schemaVersion is {str(doc.get('schemaVersion'))[:20]}, not 2")
+        if "mediaType" in doc:
+            media_type = _text(doc, "mediaType", "the manifest")
+        elif not media_type:
             media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+        index = media_type in INDEX_TYPES or (media_type not in IMAGE_TYPES and "manifests" in doc)
+        if index:
+            _descriptor_list(doc, "manifests", required=False)
+        else:
+            if media_type in IMAGE_TYPES or "config" in doc:
+                Descriptor.from_json(doc.get("config"), "config")
+            _descriptor_list(doc, "layers", required=False)
+        if "subject" in doc:
+            Descriptor.from_json(doc["subject"], "subject")
+        _strings(doc.get("annotations"), "annotations")
         return cls(raw, media_type, Digest.of(raw))
 
     def json(self) -> dict[str, Any]:
@@ -92,21 +156,30 @@ class Manifest:
         """The children: manifests of an index, or config then layers of an image."""
         doc = self.json()
         if self.is_index:
-            return [Descriptor.from_json(d) for d in doc.get("manifests") or ()]
-        out = [Descriptor.from_json(doc["config"])] if isinstance(doc.get("config"), dict) else []
-        out += [Descriptor.from_json(d) for d in doc.get("layers") or ()]
+            return _descriptor_list(doc, "manifests")
+        out = [Descriptor.from_json(doc["config"], "config")] if isinstance(doc.get("config"), dict) else []
+        out += _descriptor_list(doc, "layers")
         return out
 
     @property
     def subject(self) -> Descriptor | None:
         sub = self.json().get("subject")
-        return Descriptor.from_json(sub) if isinstance(sub, dict) else None
+        return Descriptor.from_json(sub, "subject") if isinstance(sub, dict) else None
 
     @property
     def config(self) -> Descriptor | None:
         cfg = self.json().get("config")
-        return Descriptor.from_json(cfg) if isinstance(cfg, dict) and not self.is_index else None
+        return Descriptor.from_json(cfg, "config") if isinstance(cfg, dict) and not self.is_index else None
 
     def descriptor(self) -> Descriptor:
         """This manifest as a descriptor (no platform)."""
         return Descriptor(self.media_type, self.digest, len(self.raw))
+
+
+def _descriptor_list(doc: dict[str, Any], key: str, *, required: bool = False) -> list[Descriptor]:
+    value = doc.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise InvalidManifest(f"{key} is not a list")
+    return [Descriptor.from_json(d, f"{key}[{i}]") for i, d in enumerate(value)]

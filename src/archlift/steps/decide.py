@@ -222,9 +222,12 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(config: Config, *, lock: ReleaseLock | None = None, refresh: bool = False) -> Iterator[Run]:
-    """``lock``: the previous release, whose commits a moved tag must not silently replace."""
-    client = RegistryClient(max_connections=32)  # several components push at once
+def open_run(
+    config: Config, *, lock: ReleaseLock | None = None, refresh: bool = False, timeout: float = 60.0
+) -> Iterator[Run]:
+    """``lock``: the previous release, whose commits a moved tag must not silently replace; ``timeout``:
+    each registry request's deadline (``--timeout``)."""
+    client = RegistryClient(max_connections=32, timeout=timeout)  # several components push at once
     resolver = Resolver(refresh=refresh, locked=locked_commits(config, lock))
     trees = WorkTrees(resolver)
     try:

@@ -458,7 +458,10 @@ class ImageMap:
 def _names_pattern(names: Iterable[str]) -> re.Pattern[str]:
     """Any of ``names`` standing alone in a string, with an optional ``:tag`` and ``@digest`` after it."""
     alternatives = "|".join(re.escape(t) for t in sorted(names, key=lambda t: (-len(t), t)))
-    return re.compile(rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])")
+    return re.compile(
+        rf"(?<![\w./-])({alternatives})(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?(?![\w/-])",
+        re.ASCII,  # docker's reference grammar is ASCII: \w is [A-Za-z0-9_] here
+    )
 
 
 @dataclass(frozen=True)
