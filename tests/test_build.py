@@ -125,6 +125,9 @@ def test_release_builds_each_platform_with_its_own_binaries(
         assert [p.file for p in hello.patches] == ["patches/hello/0001-Build-for-the-target-architecture.patch"]
         assert len(hello.attestations) == 2  # provenance + SBOM manifests, one per platform
         assert lock.component("busybox").kind == "mirrored"
+        # replaces: is recorded for the mirror's upstream layout (archlift mirror-config)
+        assert hello.replaces == ("example.com/upstream/hello",)
+        assert lock.component("busybox").replaces == ()
         assert lock.component("busybox").index_digest == seed_busybox(demo_registry.host, "thirdparty/busybox").digest
 
     # an unchanged re-run builds nothing and moves no tag

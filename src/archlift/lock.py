@@ -49,6 +49,9 @@ class ComponentRelease:
     built_at: str = ""
     media_type: str = "application/vnd.oci.image.index.v1+json"
     attestations: dict[str, Digest] = field(default_factory=dict)  # manifest digest -> attestation manifest
+    # images.yaml's replaces: that are image references, as docker names them (placeholders left
+    # out): names an install applied as is may pull the image by ("upstream" mirror layout)
+    replaces: tuple[str, ...] = ()
 
     @property
     def ref(self) -> ImageRef:
@@ -143,6 +146,8 @@ def _dump_component(c: ComponentRelease) -> dict[str, Any]:
         }
     if c.source_image:
         out["source_image"] = c.source_image
+    if c.replaces:
+        out["replaces"] = list(c.replaces)
     return out
 
 
@@ -163,6 +168,11 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
     for p in d["platforms"]:
         Platform.parse(p)
     ImageRef.parse(d["repository"])
+    replaces = d.get("replaces", [])
+    if not isinstance(replaces, list) or not all(isinstance(n, str) for n in replaces):
+        raise ValueError(f"component {d['name']!r}: 'replaces' is not a list of image names")
+    for name in replaces:
+        ImageRef.parse(name)
     return ComponentRelease(
         name=d["name"],
         kind=d["kind"],
@@ -177,6 +187,7 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
         inputs_hash=d.get("inputs_hash", ""),
         built_at=d.get("built_at", ""),
         attestations={k: Digest.parse(v) for k, v in d.get("attestations", {}).items()},
+        replaces=tuple(replaces),
     )
 
 

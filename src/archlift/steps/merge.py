@@ -77,6 +77,7 @@ def _merge_one(name: str, parts: list[ComponentRelease], client: RegistryClient)
         built_at=max(p.built_at for p in parts),
         media_type=OCI_INDEX,
         attestations=attestations,
+        replaces=first.replaces,
     )
 
 
@@ -88,6 +89,7 @@ def _check_consistent(name: str, parts: list[ComponentRelease]) -> None:
             ("upstream commit", first.upstream and first.upstream.commit, part.upstream and part.upstream.commit),
             ("patches", first.patches, part.patches),
             ("tags", first.tags, part.tags),
+            ("replaced names", first.replaces, part.replaces),
         ):
             if a != b:
                 raise BuildError(
