@@ -130,6 +130,9 @@ def test_release_builds_each_platform_with_its_own_binaries(
         assert lock.component("toolbox").binaries["linux/arm64"].machines == {"aarch64": 2}
         assert lock.component("busybox").binaries["linux/arm64"].machines == {"aarch64": 1}
         assert lock.component("busybox").kind == "mirrored"
+        # replaces: is recorded for the mirror's upstream layout (archlift mirror-config)
+        assert hello.replaces == ("example.com/upstream/hello",)
+        assert lock.component("busybox").replaces == ()
         assert lock.component("busybox").index_digest == seed_busybox(demo_registry.host, "thirdparty/busybox").digest
 
     # an unchanged re-run builds nothing and moves no tag

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "publish": "publish",
     "diff": "diff",
     "mirror": "mirror",
+    "mirror-config": "mirror_config",
     "export": "export",
     "import": "import_",  # `import` is a Python keyword
     "verify": "verify",

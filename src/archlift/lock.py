@@ -58,6 +58,9 @@ class ComponentRelease:
     media_type: str = "application/vnd.oci.image.index.v1+json"
     attestations: dict[str, Digest] = field(default_factory=dict)  # manifest digest -> attestation manifest
     binaries: dict[str, BinariesRecord] = field(default_factory=dict)  # platform -> what the check found
+    # images.yaml's replaces: that are image references, as docker names them (placeholders left
+    # out): names an install applied as is may pull the image by ("upstream" mirror layout)
+    replaces: tuple[str, ...] = ()
 
     @property
     def ref(self) -> ImageRef:
@@ -157,6 +160,8 @@ def _dump_component(c: ComponentRelease) -> dict[str, Any]:
             p: {"elf_files": b.elf_files, "machines": dict(sorted(b.machines.items()))}
             for p, b in sorted(c.binaries.items())
         }
+    if c.replaces:
+        out["replaces"] = list(c.replaces)
     return out
 
 
@@ -186,6 +191,11 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
                 f"component {d.get('name')!r}: tag {str(tag)[:80]!r} is not a valid tag "
                 "(ASCII letters, digits, '_', '.', '-', not starting with '.' or '-'; at most 128)"
             )
+    replaces = d.get("replaces", [])
+    if not isinstance(replaces, list) or not all(isinstance(n, str) for n in replaces):
+        raise ValueError(f"component {d['name']!r}: 'replaces' is not a list of image names")
+    for name in replaces:
+        ImageRef.parse(name)
     return ComponentRelease(
         name=d["name"],
         kind=d["kind"],
@@ -204,6 +214,7 @@ def _load_component(d: dict[str, Any]) -> ComponentRelease:
             p: BinariesRecord(int(b["elf_files"]), {str(m): int(n) for m, n in b["machines"].items()})
             for p, b in d.get("binaries", {}).items()
         },
+        replaces=tuple(replaces),
     )
 
 

@@ -155,9 +155,17 @@ def context_name(text: str) -> str:
     ``docker.io/library/alpine`` and ``alpine:latest`` are looked up as
     ``gcr.io/distroless/static``, ``alpine`` and ``alpine``. Raises :class:`RefError` for a
     name docker cannot parse (BuildKit cannot look it up either)."""
+    return normalized(text).familiar.removesuffix(":latest")
+
+
+def normalized(text: str) -> ImageRef:
+    """``text`` as docker names it (distribution/reference ``ParseNormalizedNamed``): no registry
+    means ``docker.io``, ``index.docker.io`` is ``docker.io``, an official image gets ``library/``:
+    ``busybox``, ``index.docker.io/busybox`` and ``docker.io/library/busybox`` are one name.
+    Raises :class:`RefError` for a name docker cannot parse."""
     if text.startswith(LEGACY_DEFAULT_DOMAIN + "/"):
         text = DEFAULT_DOMAIN + text.removeprefix(LEGACY_DEFAULT_DOMAIN)
-    return ImageRef.parse(text).familiar.removesuffix(":latest")
+    return ImageRef.parse(text)
 
 
 def is_tag(text: str) -> bool:

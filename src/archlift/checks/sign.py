@@ -29,12 +29,16 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ArchliftError, UsageError, VerifyError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import auth, is_loopback
 from ..proc import run
 from ..refs import ImageRef
+
+if TYPE_CHECKING:
+    from ..steps.mirror import Target
 
 SIGNED_BY = "dev.archlift.component"
 
@@ -189,12 +193,15 @@ def _select(lock: ReleaseLock, components: Sequence[str]) -> list[ComponentRelea
     return [c for n, c in sorted(lock.components.items()) if not components or n in components]
 
 
-def _in(ref: ImageRef, registry: str | None) -> ImageRef:
-    """``ref`` under another registry[/prefix] (a mirror), keeping the repository path and digest."""
+def _in(comp: ComponentRelease, registry: str | Target | None) -> ImageRef:
+    """The component's index in a mirror of the release (``REGISTRY[/PREFIX]``, placed as
+    ``archlift mirror`` places it), or where the release publishes it."""
     if not registry:
-        return ref
-    host, _, prefix = registry.partition("/")
-    return ref.in_registry(host, prefix)
+        return comp.ref
+    from ..steps.mirror import Target
+
+    target = registry if isinstance(registry, Target) else Target.parse(registry, "--registry")
+    return target.map(comp.repository).with_digest(comp.index_digest)
 
 
 def sign_release(
@@ -222,15 +229,16 @@ def verify_release(
     lock: ReleaseLock,
     public_key: str,
     *,
-    registry: str | None = None,
+    registry: str | Target | None = None,
     components: Sequence[str] = (),
     cosign: Cosign | None = None,
 ) -> list[Signature]:
-    """Verify every selected index's signature, in the release's registry or a mirror of it."""
+    """Verify every selected index's signature, in the release's registry or a mirror of it
+    (``REGISTRY[/PREFIX]``, or a ``Target`` with its layout: at the place of the release's repository)."""
     _check_key(public_key, private=False)
     cosign = cosign or Cosign()
     selected = _select(lock, components)
-    refs = [(c.name, _in(c.ref, registry)) for c in selected]
+    refs = [(c.name, _in(c, registry)) for c in selected]
     out = []
     failures = []
     with cosign.env(r.registry for _, r in refs) as env:

@@ -85,7 +85,7 @@ def _verify_image(
     for manifest, attestation in sorted(comp.attestations.items()):
         if c.head_manifest(dst.with_digest(attestation)) is None:
             problems.append(f"attestation {attestation} (for {manifest}) is missing")
-    for tag in comp.tags:
+    for tag in image.tags:  # the release's tags (and, upstream layout, a name's own)
         have_desc = c.head_manifest(dst.with_tag(tag))
         checked["tags"][tag] = str(have_desc.digest) if have_desc else None
         if have_desc is None or have_desc.digest != comp.index_digest:
@@ -129,7 +129,8 @@ def verify_target(
     artifacts: Sequence[Artifact] = (),
 ) -> VerifyReport:
     """Compare ``target`` with the release (and ``artifacts``): index, platforms, attestations,
-    tags, referrers and signature tags (compared with the source registry when it can be reached)."""
+    tags, referrers and signature tags (compared with the source registry when it can be reached),
+    at every place the target's layout puts each image (``Target.places``)."""
     plan = plan_mirror(lock, target, onto_itself=True, artifacts=artifacts)
     releases = dict(lock.components)
     for art in artifacts:

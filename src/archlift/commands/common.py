@@ -52,6 +52,19 @@ DEFAULT_REPORT = Path("dist/mirror-report.json")
 DEFAULT_TIMEOUT = 60.0
 
 
+def add_layout_arg(p: argparse.ArgumentParser) -> None:
+    """--layout: how images are placed under REGISTRY[/PREFIX] (archlift.steps.mirror.Target)."""
+    p.add_argument(
+        "--layout",
+        default="repository",
+        metavar="LAYOUT",
+        help="how images are placed under the prefix: 'repository' (default: PREFIX/<repository path>) or "
+        "'upstream' (PREFIX/<registry host>/<repository path> under every name an install may pull the image by: "
+        "its repository, its replaces: names, the image it was mirrored from; what 'archlift mirror-config' "
+        "points the nodes at; docs/node-mirrors.md)",
+    )
+
+
 def add_client_args(p: argparse.ArgumentParser) -> None:
     """--insecure, --ca-file, --jobs, --timeout: shared by mirror, export, import and verify."""
     p.add_argument(

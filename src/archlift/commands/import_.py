@@ -13,6 +13,7 @@ from .common import (
     RichProgress,
     add_client_args,
     add_json_arg,
+    add_layout_arg,
     make_client,
     print_json,
 )
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     i.add_argument("bundle", type=Path, metavar="BUNDLE.tar")
     i.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the target registry and path prefix")
+    add_layout_arg(i)
     i.add_argument("--extract", type=Path, metavar="DIR", help="also write the bundle's lock and manifests here")
     i.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
     add_client_args(i)
@@ -44,7 +46,7 @@ def run_import(args: argparse.Namespace) -> int:
     from ..steps.airgap import LOCK_PATH, MANIFESTS_DIR, import_bundle, open_bundle
     from ..steps.mirror import MirrorResult, Target, check
 
-    target = Target.parse(args.to)
+    target = Target.parse(args.to, layout=args.layout)
     client = make_client(args)
     tty = sys.stderr.isatty() and not args.json
     start = time.monotonic()

@@ -13,6 +13,7 @@ from .common import (
     add_artifacts_args,
     add_client_args,
     add_json_arg,
+    add_layout_arg,
     load_artifacts,
     make_client,
     print_json,
@@ -24,12 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "mirror",
         help="copy the release's images to another registry",
         description="Copy every image of the release lock (whole indexes: platform manifests, layers, "
-        "attestations, referrers, cosign signatures) to REGISTRY[/PREFIX]/<repository path>, with every "
+        "attestations, referrers, cosign signatures) to REGISTRY[/PREFIX]/<repository path> (or, with --layout "
+        "upstream, to REGISTRY[/PREFIX]/<registry host>/<repository path> under each of its names), with every "
         "digest preserved; then move the lock's tags there. Blobs already present are skipped, shared "
         "blobs are sent once and mounted elsewhere. Run it again after an interruption: only what is "
         "missing is sent.",
     )
     p.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the target registry and path prefix")
+    add_layout_arg(p)
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help=f"the release lock (default {DEFAULT_LOCK})")
     p.add_argument(
         "--platform",
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lock import ReleaseLock, write_atomic
     from ..steps.mirror import Target, check, mirror, plan_mirror
 
-    target = Target.parse(args.to)
+    target = Target.parse(args.to, layout=args.layout)
     lock = ReleaseLock.read(args.lock)
     plan = plan_mirror(lock, target, args.platform, args.component, artifacts=load_artifacts(args))
     if args.dry_run:

@@ -9,7 +9,7 @@ from ..config.model import Config, load_config
 from ..errors import ConfigError
 from ..lock import ReleaseLock
 from ..steps.render import KUBERNETES_VERSION, Rendered, UpstreamFile, render
-from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, print_json
+from .common import DEFAULT_LOCK, add_config_arg, add_json_arg, add_layout_arg, print_json
 
 DEFAULT_OUT = Path("dist/manifests")
 
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="point every image at this registry instead, by the same digest: where 'archlift mirror --to' "
         "copied the release, for an air-gapped cluster that pulls only from there",
     )
+    add_layout_arg(p)
     p.add_argument(
         "--kubernetes-version",
         default=KUBERNETES_VERSION,
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.registry:
         from ..steps.mirror import Target
 
-        lock = lock.relocated(Target.parse(args.registry).map)
+        lock = lock.relocated(Target.parse(args.registry, "--registry", args.layout).map)
     if config.manifests.templates is None and not config.manifests.upstream:
         raise ConfigError(
             f"{config.path}: no 'manifests:' to render", hint="add manifests.templates and/or manifests.upstream"

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import DEFAULT_LOCK, add_json_arg, print_json
+from .common import DEFAULT_LOCK, add_json_arg, add_layout_arg, print_json
 
 if TYPE_CHECKING:
     from ..lock import ReleaseLock
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="REGISTRY[/PREFIX]",
         help="with --verify: check the copies in this mirror (as 'archlift mirror --to' wrote them)",
     )
+    add_layout_arg(p)
     p.add_argument("--component", action="append", default=[], metavar="NAME", help="only this component")
     p.add_argument("--record", type=Path, default=DEFAULT_RECORD, help=f"where to write the record ({DEFAULT_RECORD})")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP / unverified TLS (loopback needs none)")
@@ -59,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     lock = ReleaseLock.read(args.lock)
     cosign = Cosign(insecure=args.insecure, ca_file=args.ca_file)
     if args.verify:
-        results = verify_release(lock, args.key, registry=args.registry, components=args.component, cosign=cosign)
+        from ..steps.mirror import Target
+
+        where = Target.parse(args.registry, "--registry", args.layout) if args.registry else None
+        results = verify_release(lock, args.key, registry=where, components=args.component, cosign=cosign)
     else:
         results = sign_release(lock, args.key, public_key=args.pub, components=args.component, cosign=cosign)
         write_atomic(args.record, _record(args.record, lock, [r.to_json() for r in results]))

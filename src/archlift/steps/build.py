@@ -25,7 +25,7 @@ from ..errors import ArchliftError, BuildError, MirrorError
 from ..lock import ComponentRelease, PatchRecord, Upstream
 from ..oci import RegistryClient
 from ..oci.layout import Layout, push_image
-from ..refs import Digest
+from ..refs import Digest, RefError, normalized
 from ..ui import Reporter
 from . import inputs as inputs_mod
 from .decide import Decision, source_of
@@ -121,6 +121,20 @@ def publish_built(
     return _Pushed(record, raw, time.monotonic())
 
 
+def replaced_names(comp: Component) -> tuple[str, ...]:
+    """The lock's ``replaces``: the entries of ``replaces:`` that are image references, as docker
+    names them (a tag kept, a digest dropped: it is upstream's, not ours); placeholders such as
+    ``RECONCILER_IMAGE_NAME`` are for render only."""
+    names: dict[str, None] = {}
+    for text in comp.replaces:
+        try:
+            ref = normalized(text)
+        except RefError:
+            continue
+        names[ref.name + (f":{ref.tag}" if ref.tag else "")] = None
+    return tuple(names)
+
+
 def release_entry(
     comp: Component, config: Config, resolved: ResolvedSource, inputs: Inputs, record: BuildRecord
 ) -> ComponentRelease:
@@ -145,6 +159,7 @@ def release_entry(
         built_at=record.built_at,
         media_type=record.media_type,
         attestations=dict(record.attestations),
+        replaces=replaced_names(comp),
     )
 
 
@@ -191,6 +206,7 @@ def copy_mirror(client: RegistryClient, comp: Component, report: Reporter) -> tu
         source_image=str(source),
         media_type=desc.media_type,
         built_at="",
+        replaces=replaced_names(comp),
     )
     return release, copied
 

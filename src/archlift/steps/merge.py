@@ -79,6 +79,7 @@ def _merge_one(name: str, parts: list[ComponentRelease], client: RegistryClient)
         media_type=OCI_INDEX,
         attestations=attestations,
         binaries=dict(sorted(binaries.items())),
+        replaces=first.replaces,
     )
 
 
@@ -90,6 +91,7 @@ def _check_consistent(name: str, parts: list[ComponentRelease]) -> None:
             ("upstream commit", first.upstream and first.upstream.commit, part.upstream and part.upstream.commit),
             ("patches", first.patches, part.patches),
             ("tags", first.tags, part.tags),
+            ("replaced names", first.replaces, part.replaces),
         ):
             if a != b:
                 raise BuildError(

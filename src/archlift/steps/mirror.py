@@ -22,9 +22,12 @@ from ..lock import ComponentRelease, ReleaseLock
 from ..oci import RegistryClient
 from ..oci.copy import ImagePlan, ImageResult, NoProgress, Progress, copy, filter_platforms
 from ..oci.store import RegistryStore, Source
-from ..refs import ImageRef, Platform, RefError
+from ..refs import ImageRef, Platform, RefError, normalized
 
 __all__ = [
+    "LAYOUTS",
+    "REPOSITORY",
+    "UPSTREAM",
     "Artifact",
     "ImagePlan",
     "ImageResult",
@@ -35,22 +38,41 @@ __all__ = [
     "Target",
     "check",
     "filter_platforms",
+    "host_segment",
     "mirror",
+    "names",
     "plan_mirror",
     "read_artifacts",
 ]
 
 
 # ---------------------------------------------------------------------- the plan
+REPOSITORY = "repository"  # PREFIX/<repository path>: each image once, where the release publishes it
+UPSTREAM = "upstream"  # PREFIX/<registry host>/<repository path>, under every name an install may use
+LAYOUTS = (REPOSITORY, UPSTREAM)
+
+
 @dataclass(frozen=True)
 class Target:
-    """``REGISTRY[/PREFIX]``: where images go; each keeps its repository path under the prefix."""
+    """``REGISTRY[/PREFIX]`` and how images are placed under it (``layout``):
+
+    - ``repository`` (the default): each image once, at ``PREFIX/<repository path>`` of the
+      release's repository (``ghcr.io/example/app`` -> ``PREFIX/example/app``);
+    - ``upstream``: at ``PREFIX/<host>/<repository path>`` for every name an install may pull
+      it by (``names``), so that a node maps an upstream name onto the mirror by its registry
+      host and the prefix alone (``archlift mirror-config``): ``gcr.io/x/reconciler`` ->
+      ``PREFIX/gcr.io/x/reconciler``, ``busybox`` -> ``PREFIX/docker.io/library/busybox``,
+      ``registry.example:5000/app`` -> ``PREFIX/registry.example_5000/app``.
+    """
 
     registry: str
     prefix: str = ""
+    layout: str = REPOSITORY
 
     @classmethod
-    def parse(cls, text: str, option: str = "--to") -> Target:
+    def parse(cls, text: str, option: str = "--to", layout: str = REPOSITORY) -> Target:
+        if layout not in LAYOUTS:
+            raise ConfigError(f"--layout {layout}: not a mirror layout (choose {' or '.join(LAYOUTS)})")
         clean = text.strip().strip("/")
         host, _, prefix = clean.partition("/")
         try:
@@ -62,15 +84,57 @@ class Target:
                 f"{option} {text}: expected REGISTRY[/PREFIX], such as registry.internal:5000/mirror "
                 "(a registry host with a '.' or ':' or 'localhost', then an optional path; no tag or digest)"
             )
-        return cls(host, prefix)
+        return cls(host, prefix, layout)
 
     def map(self, repository: str) -> ImageRef:
-        """Where ``registry/path`` (a lock's repository) goes on this target."""
-        src = ImageRef.parse(repository)
-        return src.in_registry(self.registry, self.prefix)
+        """Where ``registry/path`` (a lock's repository, or any name of an image) goes on this target."""
+        src = normalized(repository)
+        if self.layout == REPOSITORY:
+            return src.in_registry(self.registry, self.prefix)
+        path = f"{host_segment(src.registry)}/{src.repository}"
+        try:
+            return ImageRef.parse(f"{self.registry}/{self.prefix}/{path}" if self.prefix else f"{self.registry}/{path}")
+        except RefError as e:
+            raise ConfigError(f"{self}: {repository} has no place in the upstream layout ({e})") from None
+
+    def places(self, comp: ComponentRelease) -> tuple[tuple[ImageRef, tuple[str, ...]], ...]:
+        """Each repository of this target the component goes to, with the tags it gets there: the
+        release's, and (upstream layout) the tag a name carries (``replaces: [gcr.io/x/app:v1]``)."""
+        if self.layout == REPOSITORY:
+            return ((self.map(comp.repository), comp.tags),)
+        found: dict[ImageRef, list[str]] = {}
+        for name in names(comp):
+            tags = found.setdefault(self.map(name.name), list(comp.tags))
+            if name.tag and name.tag not in tags:
+                tags.append(name.tag)
+        return tuple((dst, tuple(tags)) for dst, tags in found.items())
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.prefix}" if self.prefix else self.registry
+
+
+def host_segment(host: str) -> str:
+    """The repository path component a registry host becomes in the upstream layout: the host in
+    lower case, a port after '_' (a repository path cannot hold ':'; a host name cannot hold '_',
+    so no two hosts share a segment). A host given as an IPv6 address has none."""
+    if host.startswith("["):
+        raise ConfigError(
+            f"registry {host}: an IPv6 address cannot be a repository path component in the upstream "
+            "layout; name the registry by a host name"
+        )
+    return host.lower().replace(":", "_")
+
+
+def names(comp: ComponentRelease) -> tuple[ImageRef, ...]:
+    """Every name an install may pull the component's image by, as docker names them (no digest;
+    a tag when the name has one): the repository the release publishes it in (what a rendered
+    install names), the names it replaces (images.yaml ``replaces:``, recorded in the lock), the
+    image it was mirrored from (``source_image``)."""
+    out: dict[str, ImageRef] = {}
+    for text in (comp.repository, *comp.replaces, *((comp.source_image,) if comp.source_image else ())):
+        ref = normalized(text)
+        out.setdefault(ref.name + (f":{ref.tag}" if ref.tag else ""), ImageRef(ref.registry, ref.repository, ref.tag))
+    return tuple(out.values())
 
 
 @dataclass(frozen=True)
@@ -140,18 +204,27 @@ def plan_mirror(
         [lock.component(n) for n in components] if components else lock.components.values()
     )
     images = []
+    tagged: dict[tuple[ImageRef, str], ComponentRelease] = {}  # (target repository, tag) -> component
     for comp in sorted(chosen, key=lambda c: c.name):
-        dst = target.map(comp.repository)
         src = ImageRef.parse(comp.repository)
-        if src.registry == dst.registry and src.repository == dst.repository and not onto_itself:
-            raise ConfigError(f"--to {target}: component '{comp.name}' would be copied onto itself ({src.name})")
         if wanted and not set(wanted) & set(comp.platforms):
             raise ConfigError(
                 f"--platform {', '.join(wanted)}: component '{comp.name}' has none of these "
                 f"(it has {', '.join(sorted(comp.platforms))})"
             )
         children = tuple(sorted({*comp.platforms.values(), *comp.attestations.values()}))
-        images.append(ImagePlan(comp.name, comp.ref, dst, comp.tags, tuple(sorted(comp.platforms)), children))
+        for dst, tags in target.places(comp):
+            if src.registry == dst.registry and src.repository == dst.repository and not onto_itself:
+                raise ConfigError(f"--to {target}: component '{comp.name}' would be copied onto itself ({src.name})")
+            for tag in tags:
+                other = tagged.setdefault((dst, tag), comp)
+                if other.index_digest != comp.index_digest:
+                    raise ConfigError(
+                        f"--to {target}: components '{other.name}' and '{comp.name}' both go to {dst.name}:{tag} "
+                        f"(the {target.layout} layout), with different digests",
+                        hint="give each image its own name in images.yaml (image:, replaces:, tags:)",
+                    )
+            images.append(ImagePlan(comp.name, comp.ref, dst, tags, tuple(sorted(comp.platforms)), children))
     for art in artifacts:
         assert art.ref.digest is not None and art.ref.tag is not None
         dst = target.map(art.ref.name)
