@@ -60,7 +60,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from archlift.localenv import LocalRegistry
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' registries (support/)
+from support.registry import LocalRegistry
+
 from archlift.lock import ComponentRelease, ReleaseLock
 from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from archlift.refs import Digest, ImageRef

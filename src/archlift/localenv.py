@@ -1,23 +1,22 @@
-"""Real parts for the tests and the demo: a local registry, seeded base images, git upstreams.
+"""What ``archlift demo`` runs on: a local registry, seeded base images, git upstreams.
 
 Nothing here is faked. ``LocalRegistry`` runs the CNCF distribution server
-(``docker-registry serve``) on loopback, optionally with TLS (its own CA, made
-with the openssl CLI) and htpasswd basic auth. ``seed_busybox`` and
-``seed_toolchain`` build two small images from Debian's busybox-static packages
-with the real ``docker buildx`` and push them there (no public registry is
-reachable on a build host). ``make_git_repo`` turns a directory into a git
+(``docker-registry serve``) on loopback, in plain HTTP (the tests add TLS, basic
+auth and access-log counting on top of it: tests/support/registry.py).
+``seed_busybox``, ``seed_toolchain`` and ``seed_sbom_scanner`` build small images
+from Debian's busybox-static packages (no public registry is reachable on a build
+host) with archlift's own build engine: the bake target of
+``archlift.steps.engine``, the one definition a release build uses, then push
+them by digest with the one copy. ``make_git_repo`` turns a directory into a git
 repository with deterministic commits, to stand in for an upstream.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import ctypes
-import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -29,32 +28,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
 from .errors import BuildError, RegistryError, SourceError, ToolMissing
-from .oci.http import TLS, Response, Transport, TransportError
+from .oci.http import TLS, Transport, TransportError
 from .proc import run, tail, which
-from .refs import Digest, ImageRef
+from .refs import ImageRef
 
 SETUP_HINT = "run scripts/setup-host.sh to set up the build host"
 BUSYBOX_DEB_DIR = Path("/var/cache/archlift/busybox-static")
 ARCHES = ("amd64", "arm64")
 ARCHES_PLATFORMS = ("linux/amd64", "linux/arm64")
-
-_MANIFEST_ACCEPT = ", ".join(
-    (
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    )
-)
-# 127.0.0.1 - - [21/Nov/2026:05:10:45 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "curl/7.88.1"
-_ACCESS_RE = re.compile(
-    r'^\S+ \S+ (?P<user>\S+) \[[^\]]*\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) '
-)
 
 
 def free_port() -> int:
@@ -89,16 +75,6 @@ def _die_with_parent() -> None:
         _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-@dataclass(frozen=True)
-class AccessLogEntry:
-    """One request as the registry's access log records it."""
-
-    method: str
-    path: str
-    status: int
-    user: str  # "-" when no credentials were sent
-
-
 _LIVE: set[LocalRegistry] = set()
 
 
@@ -109,33 +85,26 @@ def _stop_all() -> None:
 
 
 class LocalRegistry:
-    """The real distribution registry on ``127.0.0.1:<free port>``, in a temporary directory.
+    """The real distribution registry on ``127.0.0.1:<free port>``, in a temporary directory (or
+    ``workdir``, kept: the demo reuses its storage and port across runs).
 
-    ``with LocalRegistry(tls=True, auth=True) as reg: ...`` or ``start()``/``stop()``.
-    The access log (one line per request) is ``access_log_path``; the server's
-    own log is ``log_path``. Docker trusts plain HTTP on 127.0.0.0/8, so buildx
-    can push to a registry without TLS; oras needs ``--plain-http`` for it.
+    ``with LocalRegistry() as reg: ...`` or ``start()``/``stop()``. The server writes one
+    access-log line per request to ``access_log_path`` and its own log to ``log_path``.
+    Docker trusts plain HTTP on 127.0.0.0/8, so buildx can push to it without TLS.
+    Subclasses add to the server's configuration with ``server_config``.
     """
+
+    scheme = "http"
 
     def __init__(
         self,
         *,
-        tls: bool = False,
-        auth: bool = False,
-        username: str = "archlift",
-        password: str | None = None,
         log_level: str = "info",
         startup_timeout: float = 15.0,
         workdir: Path | None = None,
         port: int = 0,
-        tls_hosts: Sequence[str] = (),
     ) -> None:
-        self.tls = tls
-        self.tls_hosts = tuple(tls_hosts)  # more names for its certificate (a test that reaches it through a proxy)
         self.preferred_port = port  # tried first when free (the demo keeps its port across runs)
-        self.auth = auth
-        self.username = username if auth else None
-        self.password = (password or secrets.token_urlsafe(12)) if auth else None
         self.log_level = log_level
         self.startup_timeout = startup_timeout
         self._own_workdir = workdir is None
@@ -144,11 +113,9 @@ class LocalRegistry:
         self.storage_dir = self.workdir / "storage"
         self.log_path = self.workdir / "registry.log"
         self.access_log_path = self.workdir / "access.log"
-        self.ca_file: Path | None = None
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
-        self._transport: Transport | None = None
 
     # --- addresses -----------------------------------------------------
     @property
@@ -158,7 +125,7 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +134,15 @@ class LocalRegistry:
 
     def ref(self, repository: str, tag: str | None = None) -> ImageRef:
         return ImageRef.parse(f"{self.host}/{repository}" + (f":{tag}" if tag else ""))
+
+    # --- what subclasses add ---------------------------------------------
+    def server_config(self) -> dict[str, Any]:
+        """More of the server's configuration: ``{"http": {...}, "auth": {...}}`` (merged)."""
+        return {}
+
+    def tls(self) -> TLS | None:
+        """How to trust the server (None: plain HTTP)."""
+        return None
 
     # --- life cycle ----------------------------------------------------
     def start(self) -> LocalRegistry:
@@ -183,19 +159,8 @@ class LocalRegistry:
 
     def _start(self, binary: str) -> None:
         self.storage_dir.mkdir(exist_ok=True)
-        extra: dict[str, object] = {}
-        if self.tls:
-            self.ca_file, cert, key = make_tls_files(self.workdir / "tls", ("127.0.0.1", "localhost", *self.tls_hosts))
-            extra["tls"] = {"certificate": str(cert), "key": str(key)}
-        auth_conf: dict[str, object] = {}
-        if self.auth:
-            assert self.username is not None and self.password is not None
-            line = run(
-                ["htpasswd", "-Bbn", self.username, self.password], error=RegistryError, context="htpasswd"
-            ).stdout
-            htpasswd = self.workdir / "htpasswd"
-            htpasswd.write_text(line.strip() + "\n")
-            auth_conf = {"auth": {"htpasswd": {"realm": "archlift-local", "path": str(htpasswd)}}}
+        extra = self.server_config()
+        exited: int | None = None
         for attempt in range(3):  # a free port can be taken between probing and binding
             self.port = self.preferred_port if attempt == 0 and port_is_free(self.preferred_port) else free_port()
             config = {
@@ -206,8 +171,8 @@ class LocalRegistry:
                     "delete": {"enabled": True},
                     "maintenance": {"uploadpurging": {"enabled": False}},
                 },
-                "http": {"addr": self.host, "secret": secrets.token_hex(16), **extra},
-                **auth_conf,
+                **{k: v for k, v in extra.items() if k != "http"},
+                "http": {"addr": self.host, "secret": secrets.token_hex(16), **extra.get("http", {})},
             }
             config_path = self.workdir / "config.yml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -248,7 +213,7 @@ class LocalRegistry:
                 if self._proc.poll() is not None:
                     return False
                 try:
-                    status = probe.send("GET", f"{self.url}/v2/", {}, tls=self._tls()).load().status
+                    status = probe.send("GET", f"{self.url}/v2/", {}, tls=self.tls()).load().status
                 except TransportError:
                     status = 0
                 if status in (200, 401):
@@ -257,9 +222,6 @@ class LocalRegistry:
             return False
         finally:
             probe.close()
-
-    def _tls(self) -> TLS | None:
-        return TLS(ca_files=(str(self.ca_file),)) if self.ca_file else None
 
     def stop(self, *, remove: bool = True) -> None:
         """Kill the server and wait for it; then remove the temporary directory (unless given one)."""
@@ -274,15 +236,8 @@ class LocalRegistry:
         for f in self._files:
             f.close()
         self._files = []
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
         _LIVE.discard(self)
-        if remove:
-            self._remove_workdir()
-
-    def _remove_workdir(self) -> None:
-        if self._own_workdir:
+        if remove and self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
@@ -297,114 +252,8 @@ class LocalRegistry:
     ) -> None:
         self.stop()
 
-    # --- talking to it -------------------------------------------------
-    def auth_header(self) -> dict[str, str]:
-        """``Authorization: Basic ...`` for this registry's user (empty without auth)."""
-        if not self.auth:
-            return {}
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        credentials: bool = True,
-    ) -> Response:
-        """One HTTP request to ``url + path`` (or to ``path`` when it is a full URL, such as an upload's
-        Location), trusting this registry's CA, through archlift's own HTTP layer; credentials are sent
-        unless told not. The answer's body is read whole (``data``)."""
-        if self._transport is None:
-            self._transport = Transport(timeout=30.0)
-        all_headers = {**(self.auth_header() if credentials else {}), **(headers or {})}
-        url = path if path.startswith(("http://", "https://")) else self.url + path
-        tls = self._tls() if url.startswith("https://") else None
-        return self._transport.send(method, url, all_headers, body, tls=tls).load(256 << 20)
-
-    def manifest_digest(self, repository: str, reference: str) -> Digest | None:
-        """The digest ``repository:reference`` resolves to here, or None when it does not exist."""
-        resp = self.request("HEAD", f"/v2/{repository}/manifests/{reference}", headers={"Accept": _MANIFEST_ACCEPT})
-        return _digest_from_head(resp, f"{self.host}/{repository}:{reference}")
-
-    def access_log(self) -> list[AccessLogEntry]:
-        """Every request the registry has answered so far, oldest first."""
-        if not self.access_log_path.exists():
-            return []
-        entries = []
-        for line in self.access_log_path.read_text(errors="replace").splitlines():
-            m = _ACCESS_RE.match(line)
-            if m:
-                entries.append(AccessLogEntry(m["method"], m["path"], int(m["status"]), m["user"]))
-        return entries
-
-    def count(self, method: str = "", path_pattern: str = "", status: int | None = None) -> int:
-        """How many logged requests have this method ("" = any), a path matching the regex, and this status."""
-        rx = re.compile(path_pattern)
-        return sum(
-            1
-            for e in self.access_log()
-            if method in ("", e.method) and rx.search(e.path) and status in (None, e.status)
-        )
-
-    def blob_uploads(self) -> int:
-        """Completed blob uploads (the final ``PUT .../blobs/uploads/...`` answered 201)."""
-        return self.count("PUT", r"/blobs/uploads/", 201)
-
     def __repr__(self) -> str:
-        return f"LocalRegistry({self.url}, tls={self.tls}, auth={self.auth}, running={self.running})"
-
-
-def _digest_from_head(resp: Response, what: str) -> Digest | None:
-    if resp.status == 404:
-        return None
-    if resp.status != 200:
-        raise RegistryError(f"HEAD {what}: the registry answered {resp.status}")
-    header = resp.headers.get("Docker-Content-Digest", "")
-    try:
-        return Digest.parse(header)
-    except ValueError:
-        raise RegistryError(f"HEAD {what}: no usable Docker-Content-Digest header ({header!r})") from None
-
-
-def make_tls_files(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> tuple[Path, Path, Path]:
-    """A fresh CA and a server certificate signed by it for ``hosts``: returns (ca.crt, server.crt, server.key).
-
-    Made with the openssl CLI (ECDSA P-256, valid two days), with the key usages a
-    strict verifier wants (CA: basicConstraints + keyCertSign; server: SAN + serverAuth).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    ext = directory / "server.ext"
-    san = ",".join(("IP:" if re.fullmatch(r"[\d.]+|[0-9a-fA-F:]+", h) else "DNS:") + h for h in hosts)
-    ext.write_text(
-        f"subjectAltName={san}\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n"
-    )
-    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        run(["openssl", *args], error=RegistryError, context="making the test TLS certificates")
-
-    openssl(
-        "req", "-x509", *newkey, "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "2",
-        "-subj", "/CN=archlift local test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    openssl("req", "-new", *newkey, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hosts[0]}")
-    openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-out", str(crt), "-days", "2", "-extfile", str(ext),
-    )  # fmt: skip
-    return ca_crt, crt, key
+        return f"{type(self).__name__}({self.url}, running={self.running})"
 
 
 # --- seeded images ----------------------------------------------------------
@@ -434,101 +283,93 @@ def _busybox_context(context: Path) -> None:
     (context / ".dockerignore").write_text(".deb-*\n")
 
 
-def _existing(ref: ImageRef) -> ImageRef | None:
-    """``ref`` pinned to its digest when a plain-HTTP registry already has it, else None."""
-    transport = Transport(timeout=10.0)
-    try:
-        resp = transport.send(
-            "HEAD",
-            f"http://{ref.registry}/v2/{ref.repository}/manifests/{ref.reference}",
-            {"Accept": _MANIFEST_ACCEPT},
-        )
-    except TransportError as e:
-        raise RegistryError(f"checking {ref}: {e}", hint="is the registry running?") from e
-    finally:
-        transport.close()
-    digest = _digest_from_head(resp, str(ref))
-    return ImageRef(ref.registry, ref.repository, ref.tag, digest) if digest else None
+def busybox_context(context: Path) -> None:
+    """Lay out ``<arch>/bin/busybox`` for both architectures in a build context."""
+    for arch, deb in find_debs().items():
+        unpacked = context / f".deb-{arch}"
+        run(["dpkg-deb", "-x", str(deb), str(unpacked)], error=BuildError, context=f"unpacking {deb.name}")
+        (context / arch / "bin").mkdir(parents=True)
+        shutil.move(unpacked / "bin" / "busybox", context / arch / "bin" / "busybox")
+        shutil.rmtree(unpacked)
+    (context / ".dockerignore").write_text(".deb-*\n")
 
 
-def _build_and_push(
+def _bake_and_push(
     context: Path,
-    dockerfile: str,
     ref: ImageRef,
     platforms: Sequence[str],
     what: str,
-    args: Mapping[str, str] | None = None,
-    output: str = "",
+    args: Mapping[str, str],
+    exporter: str,
 ) -> ImageRef:
-    """Build to an OCI layout (timestamps rewritten to the epoch: the same digests on every host), push it
-    by digest with archlift's own client, then tag it. buildx's own push is not used: the registry can
-    answer its HEAD of the tag with a passing 500 when several pushes share blobs. ``output``: more
-    options of the OCI exporter (``compression=zstd,force-compression=true``)."""
+    """Build ``context/Dockerfile`` with the engine's own bake target (a component of a small
+    images.yaml whose source is the context: SOURCE_DATE_EPOCH 0 and rewritten timestamps, so the
+    same digests on every host; no attestations, no cache), then push it by digest and tag it."""
+    from .config.model import load_config
     from .oci import RegistryClient
     from .oci.layout import push_image
+    from .steps.engine import BuildJob, bake
+    from .steps.inputs import Inputs
+    from .steps.patches import PatchedTree
+    from .steps.sources import resolve
+    from .ui import quiet
 
-    (context / "Dockerfile").write_text(dockerfile)
-    build_args = [f"--build-arg={k}={v}" for k, v in sorted((args or {}).items())]
-    metadata = context.parent / "metadata.json"
-    layout = context.parent / "layout"
-    run(
-        [
-            "docker", "buildx", "build",
-            "--platform", ",".join(platforms),
-            "--provenance=false", "--sbom=false",
-            "--build-arg", "SOURCE_DATE_EPOCH=0", *build_args,
-            "--output", f"type=oci,dest={layout},tar=false,rewrite-timestamp=true" + (f",{output}" if output else ""),
-            "--metadata-file", str(metadata),
-            str(context),
-        ],
-        error=BuildError,
-        context=f"seeding {what} into {ref}",
-        timeout=600,
-    )  # fmt: skip
-    try:
-        digest = Digest.parse(json.loads(metadata.read_text())["containerimage.digest"])
-    except (OSError, KeyError, ValueError) as e:
-        raise BuildError(f"seeding {what}: no image digest in the buildx metadata file ({e})") from e
+    work = context.parent
+    definition = {
+        "archlift": 1,
+        "registry": ref.registry,
+        "platforms": list(platforms),
+        "attestations": {"provenance": False, "sbom": False},
+        "cache": {"type": "none"},
+        "reproducible": True,
+        "components": {"seed": {"image": ref.name, "source": {"path": "context"}, "build": {"args": dict(args)}}},
+    }
+    (work / "images.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    config = load_config(work / "images.yaml")
+    comp = config.components["seed"]
+    assert comp.source is not None and comp.build is not None
+    tree = PatchedTree(context, resolve(comp.source), ())
+    job = BuildJob(comp, Inputs("seed", {}, dict(comp.build.args)), tree, work / "layout", exporter)
+    built = bake([job], config, work, quiet)[comp.name]
+    if isinstance(built, BuildError):
+        raise BuildError(f"seeding {what} into {ref}: {built.message}", hint=SETUP_HINT)
     with RegistryClient() as client:
-        push_image(client, layout, digest, ref, (ref.tag or "latest",))
-    return ImageRef(ref.registry, ref.repository, ref.tag, digest)
+        push_image(client, job.layout, built, ref, (ref.tag or "latest",))
+    return ImageRef(ref.registry, ref.repository, ref.tag, built)
 
 
-def _seed(
-    registry_host: str,
-    repository: str,
-    tag: str,
-    what: str,
-    dockerfile: str,
-    platforms: Sequence[str],
-    output: str = "",
-) -> ImageRef:
-    ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
-    existing = _existing(ref)
-    if existing:
-        return existing
-    with tempfile.TemporaryDirectory(prefix="archlift-seed-") as tmp:
-        context = Path(tmp) / "context"
-        context.mkdir()
-        _busybox_context(context)
-        return _build_and_push(context, dockerfile, ref, platforms, what, output=output)
-
-
-def seed_image(
+def seed(
     registry_host: str,
     repository: str,
     tag: str,
     dockerfile: str,
     platforms: Sequence[str] = ARCHES_PLATFORMS,
     *,
-    output: str = "",
+    what: str = "",
+    args: Mapping[str, str] | None = None,
+    exporter: str = "",
+    context_from: Path | None = None,
 ) -> ImageRef:
-    """An image built from ``dockerfile`` over a context that holds ``amd64/bin/busybox`` and
-    ``arm64/bin/busybox`` (Debian's busybox-static of each), pushed to a plain-HTTP loopback registry:
-    images right or wrong on purpose (an arm64 entry that holds the amd64 binary). ``output``: more
-    options of buildx's OCI exporter (``compression=zstd,force-compression=true``). Idempotent like
-    ``seed_busybox``; returns ``host/repository:tag@digest``."""
-    return _seed(registry_host, repository, tag, f"the image {repository}", dockerfile, platforms, output)
+    """An image built from ``dockerfile`` and pushed to a plain-HTTP loopback registry, unless its
+    tag is there already; returns ``host/repository:tag@digest``. The build context holds
+    ``amd64/bin/busybox`` and ``arm64/bin/busybox`` (Debian's busybox-static of each), or is a
+    copy of ``context_from``. ``exporter``: more options of the OCI exporter."""
+    from .oci import RegistryClient
+
+    ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
+    with RegistryClient() as client:
+        found = client.head_manifest(ref)
+    if found is not None:
+        return ImageRef(ref.registry, ref.repository, ref.tag, found.digest)
+    with tempfile.TemporaryDirectory(prefix="archlift-seed-") as tmp:
+        context = Path(tmp) / "context"
+        if context_from is not None:
+            shutil.copytree(context_from, context)
+        else:
+            context.mkdir()
+            busybox_context(context)
+        (context / "Dockerfile").write_text(dockerfile)
+        return _bake_and_push(context, ref, platforms, what or f"the image {repository}", args or {}, exporter)
 
 
 BUSYBOX_DOCKERFILE = """\
@@ -549,12 +390,10 @@ COPY arm64/bin/busybox /toolchain/arm64/busybox
 
 
 def seed_busybox(registry_host: str, repository: str = "base/busybox", tag: str = "1.35") -> ImageRef:
-    """Build a two-platform (linux/amd64, linux/arm64) busybox image and push it to a plain-HTTP
-    loopback registry; returns ``host/repository:tag@digest`` (the OCI index).
-
-    Idempotent: when the tag already exists there, its digest is returned without building.
-    """
-    return _seed(registry_host, repository, tag, "busybox", BUSYBOX_DOCKERFILE, ("linux/amd64", "linux/arm64"))
+    """A two-platform (linux/amd64, linux/arm64) busybox image in a plain-HTTP loopback registry;
+    returns ``host/repository:tag@digest`` (the OCI index). Idempotent: a tag that exists is
+    returned without building."""
+    return seed(registry_host, repository, tag, BUSYBOX_DOCKERFILE, ARCHES_PLATFORMS, what="busybox")
 
 
 def build_platform() -> str:
@@ -564,14 +403,36 @@ def build_platform() -> str:
 
 
 def seed_toolchain(registry_host: str, repository: str = "base/toolchain", tag: str = "1") -> ImageRef:
-    """Build a one-platform "cross toolchain" image for the build platform and push it (plain HTTP).
+    """A one-platform "cross toolchain" image for the build platform (plain HTTP).
 
     It holds busybox (``/bin/sh`` etc.) plus ``/toolchain/amd64/busybox`` and
     ``/toolchain/arm64/busybox``: a "compiler" for TARGETARCH copies the one for
     that architecture. Returns ``host/repository:tag@digest`` (an image manifest).
     Idempotent like ``seed_busybox``.
     """
-    return _seed(registry_host, repository, tag, "the toolchain", TOOLCHAIN_DOCKERFILE, (build_platform(),))
+    return seed(registry_host, repository, tag, TOOLCHAIN_DOCKERFILE, (build_platform(),), what="the toolchain")
+
+
+SBOM_SCANNER_DIR = Path(__file__).resolve().parent / "data" / "sbom-scanner"
+
+
+def seed_sbom_scanner(registry_host: str, repository: str = "base/sbom-scanner", tag: str = "1") -> ImageRef:
+    """archlift's own BuildKit SBOM generator (archlift/data/sbom-scanner) on the seeded busybox
+    base; returns ``host/repository:tag@digest``. Idempotent like ``seed_busybox``."""
+    if not (SBOM_SCANNER_DIR / "Dockerfile").is_file():
+        raise ToolMissing(f"{SBOM_SCANNER_DIR}: the SBOM scanner's Dockerfile is missing from the installed package")
+    base = seed_busybox(registry_host)
+    dockerfile = (SBOM_SCANNER_DIR / "Dockerfile").read_text()
+    return seed(
+        registry_host,
+        repository,
+        tag,
+        dockerfile,
+        ARCHES_PLATFORMS,
+        what="the SBOM scanner",
+        args={"BASE": str(base)},
+        context_from=SBOM_SCANNER_DIR,
+    )
 
 
 # --- git upstreams ----------------------------------------------------------
@@ -669,25 +530,3 @@ def write_files(root: Path, files: Mapping[str, str | bytes | None]) -> Path:
         else:
             target.write_text(content)
     return root
-
-
-SBOM_SCANNER_DIR = Path(__file__).resolve().parent / "data" / "sbom-scanner"
-
-
-def seed_sbom_scanner(registry_host: str, repository: str = "base/sbom-scanner", tag: str = "1") -> ImageRef:
-    """Build archlift's own BuildKit SBOM generator (archlift/data/sbom-scanner) on the seeded busybox
-    base and push it; returns ``host/repository:tag@digest``. Idempotent like ``seed_busybox``."""
-    ref = ImageRef.parse(f"{registry_host}/{repository}:{tag}")
-    existing = _existing(ref)
-    if existing:
-        return existing
-    base = seed_busybox(registry_host)
-    source = SBOM_SCANNER_DIR
-    if not (source / "Dockerfile").is_file():
-        raise ToolMissing(f"{source}: the SBOM scanner's Dockerfile is missing from the installed package")
-    with tempfile.TemporaryDirectory(prefix="archlift-seed-") as tmp:
-        context = Path(tmp) / "context"
-        shutil.copytree(source, context)
-        dockerfile = (source / "Dockerfile").read_text()
-        platforms = ("linux/amd64", "linux/arm64")
-        return _build_and_push(context, dockerfile, ref, platforms, "the SBOM scanner", args={"BASE": str(base)})

@@ -40,6 +40,7 @@ class BuildJob:
     inputs: Inputs
     tree: PatchedTree
     layout: Path  # where the OCI layout is written
+    exporter: str = ""  # more options of the OCI exporter (test images: compression=zstd,...)
 
     @property
     def target(self) -> str:
@@ -90,14 +91,14 @@ def bake_target(
         "platforms": [str(p) for p in comp.platforms],
         "labels": labels(comp, job.tree),
         "attest": _attest(config, attestations),
-        "output": [f"type=oci,dest={job.layout},tar=false"],
+        "output": [f"type=oci,dest={job.layout},tar=false" + (f",{job.exporter}" if job.exporter else "")],
     }
     if build.target:
         target["target"] = build.target
     if config.reproducible if reproducible is None else reproducible:
         # the upstream commit's time in every timestamp: same inputs, same digests
         target["args"]["SOURCE_DATE_EPOCH"] = str(job.tree.resolved.commit_time)
-        target["output"] = [f"type=oci,dest={job.layout},tar=false,rewrite-timestamp=true"]
+        target["output"] = [target["output"][0] + ",rewrite-timestamp=true"]
     cache = config.cache.ref_for(comp.image)
     if fresh:
         target["no-cache"] = True
