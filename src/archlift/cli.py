@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "mirror": "mirror",
     "export": "export",
     "import": "import_",  # `import` is a Python keyword
+    "verify-bundle": "verify_bundle",
     "verify": "verify",
     "audit": "audit",
     "sign": "sign",

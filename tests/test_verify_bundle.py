@@ -1,0 +1,221 @@
+"""archlift verify-bundle: a bundle checked offline before it goes on the media: good, truncated and
+tampered bundles; platforms against the lock; real cosign signatures against the right and a wrong
+key; a differential bundle's base; the binary-architecture check's plug-in point."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import mirror_conftest_helpers as h
+import pytest
+from mirror_conftest_helpers import (
+    SHARED,
+    PushedImage,
+    edited_bundle,
+    make_release,
+    push_image,
+    release_lock,
+    rewrite_bundle,
+    run_cli,
+)
+
+from archlift.checks.sign import sign_release
+from archlift.errors import ConfigError
+from archlift.localenv import LocalRegistry
+from archlift.oci import RegistryClient
+from archlift.proc import run
+from archlift.steps.airgap import LOCK_PATH, export_bundle, open_bundle
+
+no_docker_config = h.no_docker_config
+source = h.source
+
+
+@pytest.fixture(scope="module")
+def release(source: LocalRegistry) -> dict[str, PushedImage]:
+    return make_release(RegistryClient(), source, n=3)
+
+
+@pytest.fixture(scope="module")
+def bundle(release: dict[str, PushedImage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vb") / "bundle.tar"
+    export_bundle(release_lock(release), RegistryClient(), out)
+    return out
+
+
+def _verify(*args: str, cwd: Path) -> tuple[int, str, str]:
+    out = run_cli("verify-bundle", *args, cwd=cwd)
+    assert "Traceback" not in out.stderr
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_a_good_bundle_passes_with_no_registry_at_all(tmp_path: Path, no_docker_config: None) -> None:
+    """Exported, then every registry stopped: verify-bundle needs none."""
+    with LocalRegistry() as reg:
+        images = make_release(RegistryClient(), reg, n=2)
+        export_bundle(release_lock(images), RegistryClient(), tmp_path / "b.tar")
+    code, out, err = _verify("b.tar", "--json", cwd=tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ok"] and not report["differential"] and report["parts"] == 0
+    assert report["signatures"] == "not checked" and report["binary_check"] == "not available"
+    assert [(i["name"], i["in_bundle"], i["platforms"]) for i in report["images"]] == [
+        (n, True, ["linux/amd64", "linux/arm64"]) for n in ("c0", "c1")
+    ]
+    code, text, _ = _verify("b.tar", cwd=tmp_path)
+    assert code == 0 and "good" in text and "signatures: not checked" in text
+
+
+def test_a_truncated_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    data = bundle.read_bytes()
+    for n, cut in enumerate((len(data) // 2, len(data) - 10240, 700)):
+        short = tmp_path / f"short{n}.tar"
+        short.write_bytes(data[:cut])
+        code, out, err = _verify(str(short), "--json", cwd=tmp_path)
+        assert code == 2, err
+        assert str(short) in err and "truncated" in err
+        assert json.loads(out)["ok"] is False
+
+
+def test_a_tampered_blob_is_named(bundle: Path, tmp_path: Path) -> None:
+    def flip(info: object, data: bytes) -> list[tuple[object, bytes]]:
+        name = getattr(info, "name", "")
+        if name.startswith("blobs/") and len(data) > 60000:
+            return [(info, bytes([data[0] ^ 1]) + data[1:])]
+        return [(info, data)]
+
+    bad = tmp_path / "bad.tar"
+    rewrite_bundle(bundle, bad, flip)  # type: ignore[arg-type]
+    code, _, err = _verify(str(bad), cwd=tmp_path)
+    assert code == 2
+    assert "'blobs/sha256/" in err and "does not match its digest" in err and "corrupted" in err
+
+
+def test_a_lock_that_does_not_match_the_images_is_refused(
+    bundle: Path, release: dict[str, PushedImage], tmp_path: Path
+) -> None:
+    """A consistent bundle (checksums made to match) whose lock names another platform manifest."""
+
+    def swap(data: bytes) -> bytes:
+        doc = json.loads(data)
+        plats = doc["components"]["c1"]["platforms"]
+        plats["linux/amd64"], plats["linux/arm64"] = plats["linux/arm64"], plats["linux/amd64"]
+        return json.dumps(doc).encode()
+
+    bad = tmp_path / "swapped.tar"
+    edited_bundle(bundle, bad, {LOCK_PATH: swap})
+    code, _, err = _verify(str(bad), cwd=tmp_path)
+    assert code == 2
+    assert "component 'c1'" in err and "does not hold the platforms" in err
+    assert f"linux/amd64: the lock says {release['c1'].platforms['linux/arm64']}" in err
+
+
+def test_a_differential_bundle_names_the_base_it_needs(
+    source: LocalRegistry, release: dict[str, PushedImage], tmp_path: Path, no_docker_config: None
+) -> None:
+    release_lock(release).write(tmp_path / "old.json")
+    new = {**release, "c2": push_image(RegistryClient(), source.ref("rel/c2", "v9"), seed=900, shared=SHARED)}
+    release_lock(new).write(tmp_path / "new.json")
+    out = run_cli("export", "-o", "d.tar", "--lock", "new.json", "--since", "old.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    code, text, err = _verify("d.tar", "--json", cwd=tmp_path)
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["differential"] and report["base"]["source"] == "old.json"
+    assert report["base"]["lock_digest"].startswith("sha256:") and report["base"]["left_out"]["blobs"] > 0
+    assert {i["name"]: i["in_bundle"] for i in report["images"]} == {"c0": False, "c1": False, "c2": True}
+    code, summary, _ = _verify("d.tar", cwd=tmp_path)
+    assert code == 0 and "that the target must already hold" in summary and report["base"]["lock_digest"] in summary
+
+
+# ------------------------------------------------------------------ signatures, with the real cosign
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    run(["cosign", "generate-key-pair"], cwd=d, env={"COSIGN_PASSWORD": "pw"}, timeout=60)
+    (d / "other").mkdir()
+    run(["cosign", "generate-key-pair"], cwd=d / "other", env={"COSIGN_PASSWORD": "x"}, timeout=60)
+    return d / "cosign.key", d / "cosign.pub", d / "other" / "cosign.pub"
+
+
+@pytest.fixture(scope="module")
+def signed(
+    source: LocalRegistry, keys: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
+    """Two images signed with cosign (by digest, no transparency log), exported with their .sig tags;
+    and the same release with one image left unsigned."""
+    client = RegistryClient()
+    images = {f"s{i}": push_image(client, source.ref(f"signed/s{i}", "v1"), seed=500 + i) for i in range(2)}
+    unsigned = {"u0": push_image(client, source.ref("signed/u0", "v1"), seed=600)}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COSIGN_PASSWORD", "pw")
+    try:
+        sign_release(release_lock(images), str(keys[0]))
+    finally:
+        mp.undo()
+    d = tmp_path_factory.mktemp("signed")
+    export_bundle(release_lock(images), client, d / "signed.tar")
+    export_bundle(release_lock({**images, **unsigned}), client, d / "partly.tar")
+    yield d / "signed.tar", d / "partly.tar"
+
+
+def test_signatures_verify_offline_against_the_right_key_only(
+    signed: tuple[Path, Path], keys: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    good, partly = signed
+    _, pub, other = keys
+    code, out, err = _verify(str(good), "--key", str(pub), "--json", cwd=tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["signatures"] == "checked" and {i["signature"] for i in report["images"]} == {"verified (1)"}
+    code, _, err = _verify(str(good), "--key", str(other), cwd=tmp_path)
+    assert code == 2
+    assert "component 's0'" in err and f"no signature in the bundle verifies against {other}" in err
+    code, _, err = _verify(str(partly), "--key", str(pub), cwd=tmp_path)
+    assert code == 2 and "component 'u0'" in err and "has no cosign signature in the bundle" in err
+    code, _, err = _verify(str(good), "--key", str(tmp_path / "nope.pub"), cwd=tmp_path)
+    assert code == 2 and "no such public key file" in err
+
+
+def test_a_signature_that_is_not_cosigns_is_refused(
+    bundle: Path, keys: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """make_release's c0 carries a .sig tag with a made-up signature: it cannot verify."""
+    code, _, err = _verify(str(bundle), "--key", str(keys[1]), cwd=tmp_path)
+    assert code == 2 and "component 'c0'" in err and "not base64" in err
+
+
+# ------------------------------------------------------------------ the binary-architecture check's plug-in point
+def test_the_binary_check_plugs_in_where_it_is_marked(
+    bundle: Path, release: dict[str, PushedImage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in archlift.checks.binaries (the real one is another issue's): called once per platform
+    manifest with the manifest and a reader of the bundle's blobs; a problem it finds refuses the bundle."""
+    calls: list[tuple[str, str, int]] = []
+
+    def check_platform_manifest(platform: str, manifest: object, read_blob: object) -> list[str]:
+        config = manifest.config  # type: ignore[attr-defined]
+        chunks, close = read_blob(config)()  # type: ignore[operator]
+        try:
+            size = sum(len(c) for c in chunks)
+        finally:
+            close()
+        calls.append((platform, str(manifest.digest), size))  # type: ignore[attr-defined]
+        return []
+
+    fake = types.ModuleType("archlift.checks.binaries")
+    fake.check_platform_manifest = check_platform_manifest  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "archlift.checks.binaries", fake)
+    b = open_bundle(bundle)
+    assert b.report.binary_check and {i.binaries for i in b.report.images} == {"ok"}
+    expected = {(p, str(d)) for img in release.values() for p, d in img.platforms.items()}
+    assert {(p, d) for p, d, _ in calls} == expected and all(size > 0 for _, _, size in calls)
+
+    fake.check_platform_manifest = lambda platform, manifest, read_blob: (  # type: ignore[attr-defined]
+        ["/bin/tool is an x86-64 binary"] if platform == "linux/arm64" else []
+    )
+    with pytest.raises(ConfigError, match=r"component 'c0', linux/arm64 \(sha256:[0-9a-f]{64}\): /bin/tool is an x86"):
+        open_bundle(bundle)
