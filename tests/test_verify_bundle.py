@@ -48,7 +48,7 @@ def bundle(release: dict[str, PushedImage], tmp_path_factory: pytest.TempPathFac
 
 def _verify(*args: str, cwd: Path) -> tuple[int, str, str]:
     out = run_cli("verify-bundle", *args, cwd=cwd)
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
     return out.returncode, out.stdout, out.stderr
 
 
@@ -219,3 +219,42 @@ def test_the_binary_check_plugs_in_where_it_is_marked(
     )
     with pytest.raises(ConfigError, match=r"component 'c0', linux/arm64 \(sha256:[0-9a-f]{64}\): /bin/tool is an x86"):
         open_bundle(bundle)
+
+
+def test_signatures_travel_in_a_differential_bundle_and_verify_after_its_import(
+    source: LocalRegistry, keys: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    no_docker_config: None,
+) -> None:  # fmt: skip
+    """The key rotated between two releases, each signed whole ('archlift sign' signs every image):
+    cosign adds the new key's signature to the unchanged image's .sig manifest, so the differential
+    bundle carries it; verify-bundle checks it offline, and after the import cosign verifies every
+    image in the site's registry with the new key."""
+    key, pub, other_pub = keys
+    other_key = other_pub.with_name("cosign.key")
+    client = RegistryClient()
+    v1 = {f"t{i}": push_image(client, source.ref(f"resigned/t{i}", "v1"), seed=700 + i) for i in range(2)}
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    sign_release(release_lock(v1), str(key))
+    release_lock(v1).write(tmp_path / "v1.json")
+    assert run_cli("export", "-o", "v1.tar", "--lock", "v1.json", cwd=tmp_path).returncode == 0
+    v2 = {**v1, "t1": push_image(client, source.ref("resigned/t1", "v2"), seed=800)}
+    monkeypatch.setenv("COSIGN_PASSWORD", "x")
+    sign_release(release_lock(v2), str(other_key))
+    release_lock(v2).write(tmp_path / "v2.json")
+    out = run_cli("export", "-o", "d.tar", "--lock", "v2.json", "--since", "v1.tar", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    code, text, err = _verify("d.tar", "--key", str(other_pub), "--json", cwd=tmp_path)
+    assert code == 0, err
+    images = {i["name"]: i for i in json.loads(text)["images"]}
+    assert not images["t0"]["in_bundle"] and images["t0"]["signature"] == "verified (1)"  # the new key's
+    assert images["t1"]["in_bundle"] and images["t1"]["signature"] == "verified (1)"
+    code, _, err = _verify("d.tar", "--key", str(pub), cwd=tmp_path)  # t1 was never signed with the old key
+    assert code == 2 and "component 't1'" in err
+    with LocalRegistry() as site:
+        for bundle in ("v1.tar", "d.tar"):
+            imp = run_cli("import", bundle, "--to", f"{site.host}/m", cwd=tmp_path)
+            assert imp.returncode == 0, imp.stderr
+        ok = run_cli("verify", "--registry", f"{site.host}/m", "--lock", "v2.json", "--no-artifacts", "--key",
+                     str(other_pub), cwd=tmp_path)  # fmt: skip
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "signatures: 2 of 2 image(s) verified" in ok.stdout

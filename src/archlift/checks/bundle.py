@@ -29,13 +29,13 @@ from ..errors import ConfigError, RegistryError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci.archive import ArchiveReader
 from ..oci.copy import Tree, collect
+from ..oci.layout import Entry
 from ..oci.model import Descriptor, Manifest
 from ..oci.store import Opener
 from ..refs import Digest, ImageRef, Platform, RefError, is_tag
-from ..steps.differential import BaseRecord
+from ..steps.differential import SIMPLE_SIGNING, BaseRecord
 from ..steps.mirror import Artifact
 
-SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_PAYLOAD = 1 << 20  # a simple-signing payload is a few hundred bytes
 LOCK_NAME = "archlift/release.json"
@@ -177,7 +177,9 @@ def check_bundle(
     for comp in sorted(lock.components.values(), key=lambda c: c.name):
         if comp.index_digest in left:
             platforms = tuple(sorted(comp.platforms))
-            images.append(ImageCheck(comp.name, comp.index_digest, False, platforms, "in the base", "in the base"))
+            # a signature made since (cosign adds it to the .sig manifest) travels; else it is the base's
+            signature = _check_signature(archive, comp, key) if key and _signatures(archive, comp) else "in the base"
+            images.append(ImageCheck(comp.name, comp.index_digest, False, platforms, signature, "in the base"))
             continue
         index = archive.read_manifest(comp.index_digest)
         found = _check_platforms(archive, comp, index)
@@ -314,13 +316,19 @@ def _bare_platform(archive: ArchiveReader, manifest: Manifest) -> dict[str, Dige
     return {str(plat): manifest.digest}
 
 
+def _signatures(archive: ArchiveReader, comp: ComponentRelease) -> list[Entry]:
+    """The bundle's cosign signature tags (``sha256-<hex>.sig``) of the component's index."""
+    repo = ImageRef.parse(comp.repository)
+    tag = f"{comp.index_digest.algorithm}-{comp.index_digest.hex}.sig"
+    return [e for e in archive.entries() if e.tag == tag and e.of(repo)]
+
+
 def _check_signature(archive: ArchiveReader, comp: ComponentRelease, key: str) -> str:
     """The image's cosign signature in the bundle, verified against ``key`` offline."""
     from .sign import verify_blob
 
-    repo = ImageRef.parse(comp.repository)
+    entries = _signatures(archive, comp)
     tag = f"{comp.index_digest.algorithm}-{comp.index_digest.hex}.sig"
-    entries = [e for e in archive.entries() if e.tag == tag and e.of(repo)]
     what = f"component '{comp.name}' ({comp.ref})"
     if not entries:
         raise archive.refuse(
@@ -342,6 +350,9 @@ def _check_signature(archive: ArchiveReader, comp: ComponentRelease, key: str) -
                 continue
             if layer.size > MAX_PAYLOAD:
                 failures.append(f"a payload of {layer.size} bytes is larger than a signature payload may be")
+                continue
+            if archive.blob_name(layer.digest) not in archive.members:
+                failures.append(f"the payload {layer.digest.short()} is not in the bundle")
                 continue
             payload = archive.read(archive.blob_name(layer.digest))
             error = verify_blob(key, payload, signature)

@@ -127,7 +127,7 @@ class ExportResult:
             text += f"\n  {name}: dropped {', '.join(dropped)} (the bundle's lock records the new index digest)"
         if self.base is not None:
             manifests, blobs = self.base.counts()
-            share = f", {100 * self.saved / self.full_bytes:.0f}%" if self.full_bytes else ""
+            share = f", {100 * self.saved / self.full_bytes:.1f}%" if self.full_bytes else ""
             text += (
                 f"\n  against {self.base.describe()}: {manifests} manifest(s) and {blobs} blob(s) left out, "
                 "which the target must already hold"
@@ -165,7 +165,7 @@ def export_bundle(
             raise MirrorError(
                 f"exporting to {output}: {e.message}", hint="run the same command again once the registry answers"
             ) from None
-        left = left_out(new, old)
+        left = left_out(new, old, source)
         base = replace(base, left_out=left)
         full = sum(p.size for p in new.values())
     with ArchiveWriter(output, max_size) as archive:
@@ -245,7 +245,7 @@ def read_base(
                 f"and {e.message}",
                 hint="give --since the old release's bundle instead (it holds its trees), or export a full bundle",
             ) from None
-        record = BaseRecord(Digest.of(raw), lock.created_at, paths[0].name)
+        record = BaseRecord(Digest.of(raw), lock.created_at, str(paths[0]))
         return record, pieces
     bundle = open_bundle(list(paths))
     plan = plan_mirror(bundle.lock, Target("bundle.invalid"), onto_itself=True, artifacts=bundle.artifacts)
@@ -254,7 +254,7 @@ def read_base(
         pieces = merge(walk(bundle.archive, plan.images, (), known), known)
     except RegistryError as e:
         raise bundle.archive.refuse(e.message) from None
-    record = BaseRecord(Digest.of(bundle.read(LOCK_PATH)), bundle.lock.created_at, bundle.path.name)
+    record = BaseRecord(Digest.of(bundle.read(LOCK_PATH)), bundle.lock.created_at, str(bundle.path))
     return record, pieces
 
 

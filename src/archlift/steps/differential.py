@@ -80,6 +80,10 @@ class Memo:
                 self._manifests[digest] = known
         return known
 
+    def cached(self, digest: Digest) -> Manifest | None:
+        with self._lock:
+            return self._manifests.get(digest)
+
     def resolve(self, ref: ImageRef) -> Descriptor | None:
         return self.source.resolve(ref)
 
@@ -271,10 +275,22 @@ def _strings(item: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def left_out(new: Mapping[Digest, Piece], base: Mapping[Digest, Piece]) -> dict[Digest, LeftOut]:
+SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+
+
+def left_out(
+    new: Mapping[Digest, Piece], base: Mapping[Digest, Piece], manifests: Memo | None = None
+) -> dict[Digest, LeftOut]:
     """What of ``new`` the base already holds (by digest: a blob the base holds in another
-    repository is mounted from there on import)."""
-    return {d: LeftOut(p, base[d].repositories) for d, p in new.items() if d in base}
+    repository is mounted from there on import). The cosign payloads (a few hundred bytes) of a
+    signature manifest that travels travel with it, though the base holds them: a signature added
+    since the base (a new key) signs the same payload, and verify-bundle checks it offline."""
+    keep: set[Digest] = set()
+    for d, p in new.items():
+        known = manifests.cached(d) if manifests is not None and p.manifest and d not in base else None
+        if known is not None and not known.is_index:
+            keep.update(x.digest for x in known.descriptors() if x.media_type == SIMPLE_SIGNING)
+    return {d: LeftOut(p, base[d].repositories) for d, p in new.items() if d in base and d not in keep}
 
 
 # ---------------------------------------------------------------------- export: the archive with the base
