@@ -3,6 +3,7 @@ as one seekable file in bounded memory, and every way a set of parts can be wron
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_nonsense_sizes_are_refused(text: str, why: str) -> None:
 def _split(tmp_path: Path, data: bytes, max_size: int, name: str = "b.tar", ident: str = "id1") -> list[Path]:
     work = tmp_path / f"work-{name}-{ident}"
     work.mkdir()
-    with PartWriter(work, tmp_path / name, max_size, ident) as w:
+    with PartWriter(work, tmp_path / name, max_size, hashlib.sha256(ident.encode()).hexdigest()[:32]) as w:
         view = memoryview(data)
         step = 70_001  # writes that straddle part boundaries
         for i in range(0, len(data), step):
@@ -112,3 +113,26 @@ def test_a_new_set_replaces_the_parts_of_an_earlier_export_of_that_name(tmp_path
     assert len(list(tmp_path.glob("b.tar.part-*"))) == 5
     parts = _split(tmp_path, os.urandom(300_000), 200_000, ident="second")
     assert sorted(tmp_path.glob("b.tar.part-*")) == parts and len(parts) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("bundle", "../../etc/passwd", "is not a file name"),
+        ("bundle", "", "is not a file name"),
+        ("parts", 10**9, "out of range"),
+        ("part", 0, "out of range"),
+        ("size", -5, "out of range"),
+        ("id", "../x", "not lower-case hex"),
+    ],
+)
+def test_a_hostile_part_header_is_refused(tmp_path: Path, field: str, value: object, why: str) -> None:
+    import json
+
+    from archlift.oci.parts import MAGIC
+
+    header = {"bundle": "b.tar", "id": "0" * 32, "part": 1, "parts": 1, "size": 3, "sha256": "0" * 64, field: value}
+    path = tmp_path / "b.tar.part-001-of-001"
+    path.write_bytes((MAGIC + json.dumps(header).encode() + b"\n").ljust(HEADER_SIZE, b" ") + b"abc")
+    with pytest.raises(ConfigError, match=f"its part header is damaged.*{why}"):
+        open_bundle_file([path])

@@ -24,6 +24,7 @@ view over their payloads: nothing is concatenated, memory stays bounded.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ from ..errors import ConfigError, UsageError
 HEADER_SIZE = 512
 MAGIC = b"archlift-bundle-part 1\n"
 MIN_PART = 64 << 10  # --max-size below this is refused
+MAX_PARTS = 99_999  # a header naming more parts is refused
 CHUNK = 1 << 20
 _SUFFIX = re.compile(r"\.part-(\d+)-of-(\d+)$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -230,8 +232,13 @@ def read_header(path: Path) -> Part | None:
             int(doc["size"]),
             str(doc["sha256"]),
         )
-        if not (1 <= part.number <= part.count) or part.size < 0 or not re.fullmatch(r"[0-9a-f]{64}", part.sha256):
-            raise ValueError("numbers out of range")
+        if not (1 <= part.number <= part.count <= MAX_PARTS) or part.size < 0:
+            raise ValueError(f"part {part.number} of {part.count}, {part.size} bytes: out of range")
+        if not re.fullmatch(r"[0-9a-f]{64}", part.sha256) or not re.fullmatch(r"[0-9a-f]{32}", part.id):
+            raise ValueError("its sha256 or bundle id is not lower-case hex")
+        name = part.bundle
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or len(name) > 200:
+            raise ValueError(f"the bundle name {name!r} is not a file name")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ConfigError(
             f"refusing {path}: its part header is damaged ({e})", hint="copy that part from the export again"
@@ -269,12 +276,9 @@ class PartsView(io.RawIOBase):
         return self._pos
 
     def part_at(self, offset: int) -> int:
-        """The index of the part holding byte ``offset`` of the archive."""
-        n = 0
-        for i, start in enumerate(self.starts):
-            if start <= offset:
-                n = i
-        return n
+        """The index of the part holding byte ``offset`` of the archive (the last one that starts
+        at or before it: an empty part holds nothing)."""
+        return max(0, bisect.bisect_right(self.starts, offset) - 1)
 
     def readinto(self, buffer: Any) -> int:
         if self._pos >= self.size:
@@ -378,7 +382,8 @@ def open_bundle_file(paths: Sequence[Path]) -> BundleFile:
     name = bundle_name(first.path).with_name(first.bundle)
     missing = [n for n in range(1, first.count + 1) if n not in by_number]
     if missing:
-        listed = ", ".join(f"{n} ({part_name(name, n, first.count).name})" for n in missing)
+        listed = ", ".join(f"{n} ({part_name(name, n, first.count).name})" for n in missing[:10])
+        listed += f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise ConfigError(
             f"refusing {name}: part(s) {listed} of {first.count} are missing",
             hint="give every part of the bundle (archlift import bundle.tar.part-*)",
