@@ -45,6 +45,7 @@ from .differential import (
     BASE_PATH,
     BaseRecord,
     Inventory,
+    LeftOut,
     Memo,
     WithBase,
     WithBaseSource,
@@ -156,7 +157,7 @@ def export_bundle(
     source = Memo(RegistryStore(client))
     base: BaseRecord | None = None
     full = 0
-    left: dict[Digest, Any] = {}
+    left: dict[Digest, LeftOut] = {}
     if since:
         base, old = read_base(since, client, plan.platforms, source)
         try:
