@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "mirror-config": "mirror_config",
     "export": "export",
     "import": "import_",  # `import` is a Python keyword
+    "verify-bundle": "verify_bundle",
     "verify": "verify",
     "audit": "audit",
     "sign": "sign",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import re
 import tarfile
@@ -13,7 +11,15 @@ from pathlib import Path
 import pytest
 import support.images as h
 from support.cli import run_archlift
-from support.images import FaultProxy, PushedImage, assert_same, make_release, release_lock
+from support.images import (
+    FaultProxy,
+    PushedImage,
+    assert_same,
+    edited_bundle,
+    make_release,
+    release_lock,
+    rewrite_bundle,
+)
 from support.registry import LocalRegistry
 
 from archlift.errors import ConfigError
@@ -75,17 +81,6 @@ def test_export_is_reproducible(
     assert second.read_bytes() == bundle.read_bytes()
 
 
-def _rewrite(
-    src: Path, dst: Path, change: Callable[[tarfile.TarInfo, bytes], list[tuple[tarfile.TarInfo, bytes]]]
-) -> None:
-    """Copy a tarball member by member, letting ``change`` replace or add members."""
-    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
-        for info in tin:
-            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
-            for new_info, new_data in change(info, data):
-                tout.addfile(new_info, io.BytesIO(new_data) if new_info.isfile() else None)
-
-
 def _extra(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = len(data) if kind == tarfile.REGTYPE else 0
@@ -141,7 +136,7 @@ def test_bad_bundles_are_refused_before_anything_is_pushed(
     message: str,
 ) -> None:
     bad = tmp_path / "bad.tar"
-    _rewrite(bundle, bad, change)
+    rewrite_bundle(bundle, bad, change)
     with pytest.raises(ConfigError, match=message) as e:
         open_bundle(bad)
     assert str(bad) in e.value.message
@@ -172,7 +167,7 @@ def test_cli_export_import_and_refusal_exit_status(
     assert (tmp_path / "x/release.json").is_file()
     assert_same(RegistryClient(), release, target)
     bad = tmp_path / "bad.tar"
-    _rewrite(bundle, bad, _adding(_extra("../../evil")))
+    rewrite_bundle(bundle, bad, _adding(_extra("../../evil")))
     refused = run_archlift("import", str(bad), "--to", target.host, cwd=tmp_path)
     assert refused.returncode == 2 and "outside the extraction root" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -217,29 +212,6 @@ def test_published_artifacts_go_along(
 
 
 # ------------------------------------------------------------------ all or nothing
-def _edited(src: Path, dst: Path, edits: dict[str, Callable[[bytes], bytes | None]]) -> None:
-    """``src`` with members changed (None drops one), and SHA256SUMS made to match: a bundle
-    that is consistent, as a hostile one would be, but that does not resolve."""
-    members: list[tuple[tarfile.TarInfo, bytes]] = []
-    with tarfile.open(src) as tin:
-        for info in tin:
-            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
-            new = edits[info.name](data) if info.name in edits else data
-            if new is not None:
-                info.size = len(new)
-                members.append((info, new))
-    sums = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {info.name}\n"
-        for info, data in members
-        if not info.name.startswith("blobs/") and info.name != SUMS
-    ).encode()
-    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
-        for info, data in members:
-            if info.name == SUMS:
-                info.size, data = len(sums), sums
-            tout.addfile(info, io.BytesIO(data))
-
-
 def _index_tag(tag: str) -> Callable[[bytes], bytes]:
     def change(data: bytes) -> bytes:
         doc = json.loads(data)
@@ -290,7 +262,7 @@ def test_a_bundle_that_does_not_resolve_pushes_nothing_at_all(
 ) -> None:
     bad = tmp_path / "bad.tar"
     if what == "member ..":
-        _rewrite(bundle, bad, _adding(_extra("../escape.txt")))
+        rewrite_bundle(bundle, bad, _adding(_extra("../escape.txt")))
     else:
         edits: dict[str, Callable[[bytes], bytes | None]] = {
             "missing blob": {_layer_of(bundle, release): lambda _: None},
@@ -299,7 +271,7 @@ def test_a_bundle_that_does_not_resolve_pushes_nothing_at_all(
             "index tag dash": {"index.json": _index_tag("-rm")},
             "lock tag": {LOCK_PATH: _lock_tag("v1/../x")},
         }[what]
-        _edited(bundle, bad, edits)
+        edited_bundle(bundle, bad, edits)
     with pytest.raises(ConfigError, match=message):
         open_bundle(bad)
     started = target.access_log()  # the fixture's start-up probe
@@ -355,7 +327,7 @@ def test_a_bundle_without_repository_annotations_still_imports(
         return json.dumps(doc).encode()
 
     old = tmp_path / "old.tar"
-    _edited(bundle, old, {"index.json": strip})
+    edited_bundle(bundle, old, {"index.json": strip})
     result = import_bundle(open_bundle(old), Target.parse(target.host), RegistryClient())
     check(result)
     assert_same(RegistryClient(), release, target)

@@ -7,15 +7,19 @@ manifest, a cosign-style ``.sig`` tag and an OCI referrer (``subject``).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
 import socket
 import socketserver
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -224,7 +228,7 @@ def assert_same(
     host = dst if isinstance(dst, str) else dst.host
     for img in images.values():
         repo = ImageRef(host, (prefix + "/" if prefix else "") + img.ref.repository)
-        for tag in ("v1", "latest"):
+        for tag in (img.ref.tag or "v1", "latest"):  # as release_lock tags it
             head = client.head_manifest(repo.with_tag(tag))
             assert head is not None and head.digest == img.index, (repo, tag)
         assert client.get_manifest(repo.with_digest(img.index)).digest == img.index
@@ -238,6 +242,40 @@ def assert_same(
             assert sig is not None and src_sig is not None and sig.digest == src_sig.digest
         if img.referrer:
             assert [d.digest for d in client.referrers(repo, img.index)] == [img.referrer]
+
+
+def rewrite_bundle(
+    src: Path, dst: Path, change: Callable[[tarfile.TarInfo, bytes], list[tuple[tarfile.TarInfo, bytes]]]
+) -> None:
+    """Copy a tarball member by member, letting ``change`` replace or add members."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for info in tin:
+            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            for new_info, new_data in change(info, data):
+                tout.addfile(new_info, io.BytesIO(new_data) if new_info.isfile() else None)
+
+
+def edited_bundle(src: Path, dst: Path, edits: dict[str, Callable[[bytes], bytes | None]]) -> None:
+    """``src`` with members changed (None drops one), and SHA256"SHA256SUMS" made to match: a bundle
+    that is consistent, as a hostile one would be, but that does not resolve."""
+    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    with tarfile.open(src) as tin:
+        for info in tin:
+            data = tin.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            new = edits[info.name](data) if info.name in edits else data
+            if new is not None:
+                info.size = len(new)
+                members.append((info, new))
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {info.name}\n"
+        for info, data in members
+        if not info.name.startswith("blobs/") and info.name != "SHA256SUMS"
+    ).encode()
+    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for info, data in members:
+            if info.name == "SHA256SUMS":
+                info.size, data = len(sums), sums
+            tout.addfile(info, io.BytesIO(data))
 
 
 # ---------------------------------------------------------------- fault proxy

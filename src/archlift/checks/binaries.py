@@ -42,7 +42,8 @@ from ..refs import Digest, ImageRef, Platform
 
 if TYPE_CHECKING:
     from ..config.model import BinariesPolicy, Config
-    from ..oci import Descriptor, RegistryClient
+    from ..oci import Descriptor, Manifest, RegistryClient
+    from ..oci.store import Opener
     from ..steps.build import BuildResult
     from ..ui import Reporter
 
@@ -712,6 +713,84 @@ class Checker:
         }
         with contextlib.suppress(OSError):  # a cache: without it the next run reads the layers again
             write_atomic(path, json.dumps(doc, sort_keys=True))
+
+
+# --- a bundle (checks/bundle.py): read from the archive, judged against the lock -----------
+class _Chunks(io.RawIOBase):
+    """An iterator of byte chunks (a store's blob opener) as a raw stream."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._rest:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._rest = memoryview(chunk)
+        n = min(len(b), len(self._rest))
+        b[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def check_bundled(
+    image: str,
+    platform: str,
+    manifest: Manifest,
+    read_blob: Callable[[Descriptor], Opener],
+    recorded: BinariesRecord,
+) -> list[str]:
+    """The problems of one platform manifest a bundle carries (its blobs, verified when the archive
+    was opened, read through ``read_blob``): its image config must name the platform, and the ELF
+    files of its final filesystem must be what the release lock ``recorded`` for that platform when
+    the build checked it: the same count and machines (paths allowed on purpose at build time stay
+    allowed; a binary swapped since is found). One sentence per problem."""
+    plat = platform_of(platform)
+    config = manifest.config
+    config_platform: Platform | None = None
+    if config is not None:
+        chunks, close = read_blob(config)()
+        try:
+            doc = json.loads(b"".join(chunks))
+        except ValueError:
+            doc = None
+        finally:
+            close()
+        if isinstance(doc, dict) and doc.get("os") and doc.get("architecture"):
+            config_platform = Platform(str(doc["os"]), str(doc["architecture"]), str(doc.get("variant") or ""))
+    scans = []
+    for desc in manifest.descriptors():
+        if config is not None and desc.digest == config.digest:
+            continue
+        what = f"layer {desc.digest.short()} of {image}"
+        if desc.media_type not in LAYER_TYPES:
+            return [f"{what} has media type '{desc.media_type}', which is not a filesystem layer"]
+        chunks, close = read_blob(desc)()
+        try:
+            scans.append(scan_layer(_Chunks(chunks), what))
+        finally:
+            close()
+    found = judge(image, plat, final_files(scans))
+    problems = []
+    if config_platform is not None and not same_platform(config_platform, plat):
+        problems.append(f"its image config says {config_platform}, the index {plat}")
+    if (found.elf_files, found.machines) != (recorded.elf_files, dict(recorded.machines)):
+        shown = "; ".join(f"{m.path}: {m.machine}" for m in found.mismatches[:SHOWN])
+        problems.append(
+            f"it holds {found.elf_files} ELF file(s) ({_machines(found.machines)}) where the release lock "
+            f"records {recorded.elf_files} ({_machines(recorded.machines)})"
+            + (f"; not {found.expected}: {shown}" if shown else "")
+        )
+    return problems
+
+
+def _machines(machines: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {m}" for m, n in sorted(machines.items())) or "none"
 
 
 # --- the build's gate -----------------------------------------------------------------------

@@ -187,6 +187,28 @@ def system_roots_file() -> Path | None:
     return None
 
 
+def check_public_key(key: str) -> None:
+    """A public key file that exists (or a key reference cosign resolves: env://, kms://)."""
+    _check_key(key, private=False)
+
+
+def verify_blob(public_key: str, payload: bytes, signature: str) -> str:
+    """Verify a cosign signature (base64) of ``payload`` against ``public_key`` with no registry and
+    no transparency log (``cosign verify-blob --offline``): "" when it verifies, else cosign's reason."""
+    _check_key(public_key, private=False)
+    with tempfile.TemporaryDirectory(prefix="archlift-verify-blob-") as tmp:
+        payload_file, sig_file = Path(tmp) / "payload", Path(tmp) / "signature"
+        payload_file.write_bytes(payload)
+        sig_file.write_text(signature)
+        argv = ["cosign", "verify-blob", "--key", public_key, "--signature", str(sig_file)]
+        argv += ["--insecure-ignore-tlog=true", "--offline=true", str(payload_file)]
+        result = run(argv, check=False, timeout=120)
+    if result.returncode == 0:
+        return ""
+    lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if "WARNING" not in ln]
+    return lines[-1] if lines else f"cosign verify-blob exited with {result.returncode}"
+
+
 def _select(lock: ReleaseLock, components: Sequence[str]) -> list[ComponentRelease]:
     for name in components:
         lock.component(name)  # raises ConfigError for an unknown name

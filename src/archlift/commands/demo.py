@@ -6,7 +6,9 @@ second run reuses them (and builds nothing), seeds the base images, turns
 ``examples/demo/upstreams/*`` into git repositories, then runs validate, plan,
 build, the refusal of hello without its patch (examples/demo/unpatched.yaml,
 built into its own repository), render, publish, mirror and verify, and says
-where everything is.
+where everything is. Last, a one-component change (the toolbox upstream's next
+release, built beside the demo in ``.cache/demo/next/``) goes into a differential
+bundle against the demo's release, and the demo says how many bytes that saved.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ArchliftError, BuildError
+from .common import display_path as display
 
 DEMO_DIR = Path("examples/demo")
 STATE_DIR = Path(".cache/demo")
@@ -176,7 +179,60 @@ def run(args: argparse.Namespace) -> int:
         _say(f"verify {target} against the release")
         _step(["verify", "--registry", target])
         _summary(host, target, time.monotonic() - start)
+        _differential(config)
     return 0
+
+
+NEXT_DIR = STATE_DIR / "next"
+TOOLBOX_NEXT = "v0.3.1"
+
+
+def _differential(config: Path) -> None:
+    """The toolbox upstream's next release (one more line in its script, tagged v0.3.1), built from a
+    copy of the demo in .cache/demo/next/ (the committed example is not touched, and nothing of the
+    demo's release moves: hello and busybox are unchanged, so not rebuilt); then a differential bundle
+    of that release against the demo's lock, dist/release.json."""
+    import shutil
+
+    from ..localenv import make_git_repo
+
+    _say(f"a one-component change: toolbox {TOOLBOX_NEXT} upstream, and a differential bundle for it")
+    demo, work = config.parent.resolve(), NEXT_DIR.resolve()
+    for name in ("manifests", "patches", "upstreams"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(demo / name, work / name)
+    script = work / "upstreams" / "toolbox" / "toolbox.sh"
+    script.write_text(script.read_text() + f'echo "toolbox {TOOLBOX_NEXT}: the same tools, one more line"\n')
+    for name, tags in {**UPSTREAMS, "toolbox": (TOOLBOX_NEXT,)}.items():
+        repo = make_git_repo(work / "upstreams" / name, work / ".upstreams" / f"{name}.git", tags=tags)
+        print(f"    {repo.path} ({', '.join(tags)} at {repo.commit[:12]})")
+    text = config.read_text()
+    pin = "{git: .upstreams/toolbox.git, ref: v0.3.0}"
+    if pin not in text:
+        raise ArchliftError(f"{config}: the demo's toolbox is no longer pinned as {pin}; update the demo's last step")
+    (work / "images.yaml").write_text(text.replace(pin, pin.replace("v0.3.0", TOOLBOX_NEXT)))
+    cfg, lock, rendered = str(work / "images.yaml"), str(work / "release.json"), str(work / "manifests-out")
+    bundle = work / "bundle-since-demo.tar"
+    for argv in (
+        ["build", cfg, "--lock", lock],
+        ["render", cfg, "--lock", lock, "--out", rendered],
+        ["export", "--lock", lock, "--since", "dist/release.json", "--manifests", rendered, "--no-artifacts",
+         "-o", str(bundle)],
+        ["verify-bundle", str(bundle)],
+    ):  # fmt: skip
+        _step(argv)
+    from ..steps.airgap import open_bundle
+
+    opened = open_bundle(bundle)
+    if opened.base is None:
+        raise ArchliftError(f"{bundle}: the demo's export --since wrote a full bundle, not a differential one")
+    carried = sum(m.size for n, m in opened.members.items() if n.startswith("blobs/"))
+    saved = opened.base.left_out_bytes
+    print(
+        f"\ndifferential bundle {display(bundle)}: {carried} bytes of manifests and blobs for toolbox "
+        f"{TOOLBOX_NEXT}; it saved {saved} bytes ({saved / 1e6:.1f} MB, {100 * saved / (saved + carried):.1f}%) "
+        "against a full bundle of the same release"
+    )
 
 
 def _summary(host: str, target: str, seconds: float) -> None:

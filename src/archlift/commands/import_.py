@@ -26,11 +26,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "import",
         help="push an exported tarball into a registry",
         description="Check the whole tarball first (paths, links, every blob's digest, the checksum list, "
-        "every manifest and blob the lock and index.json name, every tag): a bundle that fails any check pushes "
-        "nothing. Then push every image to REGISTRY[/PREFIX]/<repository path>; the tags of all images move "
-        "last, only once every image is there. The report is written in every case.",
+        "every manifest and blob the lock and index.json name, every tag, the platforms the lock records; the "
+        "checks 'archlift verify-bundle' makes): a bundle that fails any check pushes nothing. A differential "
+        "bundle (export --since) has the target checked for every manifest and blob it leaves out (HEAD "
+        "requests): when one is missing nothing is pushed. Then push every image to "
+        "REGISTRY[/PREFIX]/<repository path>; the tags of all images move last, only once every image is there. "
+        "The report is written in every case.",
     )
-    i.add_argument("bundle", type=Path, metavar="BUNDLE.tar")
+    i.add_argument(
+        "bundle", type=Path, nargs="+", metavar="BUNDLE.tar", help="the bundle, or all its parts (in any order)"
+    )
     i.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the target registry and path prefix")
     add_layout_arg(i)
     i.add_argument("--extract", type=Path, metavar="DIR", help="also write the bundle's lock and manifests here")

@@ -7,16 +7,18 @@ by its digest). Reproducible: members in a fixed order, mtime 0, root-owned.
 
 ``ArchiveReader.open`` checks the whole tar before anything is read from it:
 every member is a plain file or directory with a relative path inside the root
-(no ``..``, no absolute path, no link, no device), none appears twice, every
-blob matches its digest and every other file its checksum. ``ArchiveWriter``
-is a layout directory beside the output, written out as the tar by ``commit``.
+(no ``..``, no absolute path, no link, no device), none appears twice, none
+runs past the end of the file, every blob matches its digest and every other
+file its checksum. The tar may be one file or the parts of a split bundle
+(``archlift.oci.parts``), read in place through a view over them. ``ArchiveWriter``
+is a layout directory beside the output, written out as the tar (or its parts)
+by ``commit``, synced and renamed into place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import posixpath
 import shutil
 import tarfile
@@ -31,6 +33,7 @@ from .client import MAX_MANIFEST
 from .copy import Progress
 from .layout import CHUNK, LAYOUT_FILE, Entry, IndexedLayout, LayoutStore, parse_index
 from .model import Descriptor, InvalidManifest, Manifest
+from .parts import BundleFile, PartWriter, open_bundle_file, write_single
 from .store import Opener
 
 SUMS = "SHA256SUMS"
@@ -63,8 +66,9 @@ def _check_name(archive: Path, info: tarfile.TarInfo) -> str:
 class ArchiveReader(IndexedLayout):
     """A checked archive, read in place (members by their offsets in the tar)."""
 
-    def __init__(self, path: Path, members: dict[str, Member], entries: list[Entry]) -> None:
-        self.path = path
+    def __init__(self, file: BundleFile, members: dict[str, Member], entries: list[Entry]) -> None:
+        self.file = file
+        self.path = file.path
         self.members = members
         self._entries = entries
         self._subjects: dict[Digest, Digest | None] = {}
@@ -75,34 +79,51 @@ class ArchiveReader(IndexedLayout):
         )
 
     @classmethod
-    def open(cls, path: Path, progress: Progress | None = None, required: Sequence[str] = ()) -> ArchiveReader:
-        """Read and check the whole archive (and that it has the ``required`` files); nothing is
-        written anywhere."""
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such bundle file")
+    def open(
+        cls, paths: Path | Sequence[Path], progress: Progress | None = None, required: Sequence[str] = ()
+    ) -> ArchiveReader:
+        """Read and check the whole archive, one file or the parts of one (and that it has the
+        ``required`` files); nothing is written anywhere."""
+        file = open_bundle_file([paths] if isinstance(paths, Path) else list(paths))
+        path = file.path
         members: dict[str, Member] = {}
+        size = file.size
         try:
-            with tarfile.open(path, "r:") as tar:
+            with file.open() as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for info in tar:
                     name = _check_name(path, info)
                     if info.isdir():
                         continue
                     if name in members:
                         raise ConfigError(f"refusing {path}: member '{name}' appears twice")
+                    if info.offset_data + info.size > size:
+                        raise ConfigError(
+                            f"refusing {path}: it is truncated: member '{name}' ends at byte "
+                            f"{info.offset_data + info.size}, the bundle has {size} bytes",
+                            hint="copy the bundle again (or export it again)",
+                        )
                     members[name] = Member(name, info.offset_data, info.size)
         except tarfile.TarError as e:
-            raise ConfigError(f"{path}: not an uncompressed tar archive ({e})") from None
+            if file.parts:
+                file.check_parts()  # a damaged part is named
+            raise ConfigError(
+                f"{path}: not an uncompressed tar archive, or a truncated one ({e})",
+                hint="copy the bundle again; 'archlift verify-bundle' checks a copy before it is carried",
+            ) from None
         for name in ("oci-layout", "index.json", SUMS, *required):
             if name not in members:
-                raise ConfigError(f"refusing {path}: it has no {name}; was it written by 'archlift export'?")
-        archive = cls(path, members, [])
+                truncated = " (the bundle may be truncated)" if name == SUMS else ""
+                raise ConfigError(f"refusing {path}: it has no {name}{truncated}; was it written by 'archlift export'?")
+        archive = cls(file, members, [])
         if progress:
-            progress.start(sum(m.size for m in members.values()))
+            progress.start(sum(m.size for m in members.values()) + (size if file.parts else 0))
+        if file.parts:
+            file.check_parts(progress.advance if progress else None)
         sums: dict[str, str] = {}
         for line in archive.read(SUMS).decode("utf-8", "replace").splitlines():
             digest, _, name = line.partition("  ")
             sums[name] = digest
-        for name in sorted(members):
+        for name in sorted(members, key=lambda n: members[n].offset):  # in file order: one pass
             if name != SUMS:
                 archive._check_member(name, sums.get(name), progress)
         missing = sorted(n for n in sums if n not in members)
@@ -135,7 +156,11 @@ class ArchiveReader(IndexedLayout):
             close()
         if h.hexdigest() != expected:
             what = "its digest" if name.startswith("blobs/") else f"its checksum in {SUMS}"
-            raise self.refuse(f"'{name}' does not match {what} (sha256 is {h.hexdigest()}): corrupted")
+            where = self.file.where(self.members[name].offset)
+            raise self.refuse(
+                f"'{name}'{f' (in {where})' if where else ''} does not match {what} (sha256 is {h.hexdigest()}): "
+                "corrupted"
+            )
 
     # --- members
     def read(self, name: str) -> bytes:
@@ -143,13 +168,13 @@ class ArchiveReader(IndexedLayout):
         m = self.members[name]
         if m.size > MAX_FILE:
             raise self.refuse(f"'{name}' has {m.size} bytes, more than a bundle's file may have ({MAX_FILE >> 20} MiB)")
-        with self.path.open("rb") as f:
+        with self.file.open() as f:
             f.seek(m.offset)
             return f.read(m.size)
 
     def chunks(self, name: str) -> tuple[Iterator[bytes], Callable[[], None]]:
         m = self.members[name]
-        f = self.path.open("rb")
+        f = self.file.open()
         f.seek(m.offset)
 
         def gen() -> Iterator[bytes]:
@@ -225,15 +250,19 @@ class ArchiveStats:
     manifests: int
     blobs: int  # not manifests
     bytes: int  # of both
+    file_bytes: int = 0  # of the other files (oci-layout, index.json, the caller's, SHA256SUMS)
+    outputs: tuple[Path, ...] = ()  # the archive, or its parts in order
 
 
 class ArchiveWriter(LayoutStore):
     """A store that becomes an archive: a layout directory beside ``output`` (so the tar can
-    be renamed into place), written out by ``commit``; ``close`` removes the directory."""
+    be renamed into place), written out by ``commit``; ``close`` removes the directory.
+    ``max_size``: split the archive into parts of at most that many bytes (``archlift.oci.parts``)."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, max_size: int | None = None) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         self.output = output
+        self.max_size = max_size
         self.work = Path(tempfile.mkdtemp(prefix=".archlift-export-", dir=output.parent))
         super().__init__(self.work / "layout", save_index=False)
 
@@ -251,25 +280,37 @@ class ArchiveWriter(LayoutStore):
 
     def commit(self, files: Sequence[tuple[str, bytes]] = ()) -> ArchiveStats:
         """Write the archive: ``oci-layout``, ``index.json``, ``files``, the manifests, the
-        other blobs (each removed from the directory once in the tar), ``SHA256SUMS``."""
-        tmp = self.work / "archive.tar"
+        other blobs (each removed from the directory once in the tar), ``SHA256SUMS``; synced,
+        then renamed into place (split: every part, the last one last)."""
         sums: list[tuple[str, str]] = []
         manifests = self.manifests_written()
+        blobs_dir = self.root / "blobs"
         blobs = sorted(
             Digest(f"{d.name}:{p.name}")
-            for d in (self.root / "blobs").glob("*")
+            for d in (blobs_dir.glob("*") if blobs_dir.is_dir() else ())
             for p in d.iterdir()
             if not p.name.startswith(".")  # a blob being written
         )
-        counts = [0, 0, 0]
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        index = self.index_json()
+        counts = [0, 0, 0, 0]
+        tmp = self.work / "archive.tar"
+        parts: PartWriter | None = None
+        if self.max_size is not None:  # the id: what the bundle holds, and how it is cut
+            ident = hashlib.sha256(index)
+            for name, data in files:
+                ident.update(name.encode() + Digest.of(data).hex.encode())
+            ident.update(f"{self.max_size}".encode())
+            parts = PartWriter(self.work, self.output, self.max_size, ident.hexdigest()[:32])
+        sink = parts if parts is not None else tmp.open("xb")
+        with sink, tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
 
             def add_bytes(name: str, data: bytes) -> None:
                 tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
                 sums.append((hashlib.sha256(data).hexdigest(), name))
+                counts[3] += len(data)
 
             add_bytes("oci-layout", LAYOUT_FILE)
-            add_bytes("index.json", self.index_json())
+            add_bytes("index.json", index)
             for name, data in files:
                 add_bytes(name, data)
             for is_manifest in (True, False):  # manifests first: a reader finds its way quickly
@@ -285,5 +326,10 @@ class ArchiveWriter(LayoutStore):
                     counts[2] += size
             listing = "".join(f"{h}  {n}\n" for h, n in sums).encode()
             tar.addfile(_tarinfo(SUMS, len(listing)), io.BytesIO(listing))
-        os.replace(tmp, self.output)
-        return ArchiveStats(*counts)
+            counts[3] += len(listing)
+        if parts is not None:
+            outputs = tuple(parts.finish())
+        else:
+            write_single(tmp, self.output)
+            outputs = (self.output,)
+        return ArchiveStats(counts[0], counts[1], counts[2], counts[3], outputs)
