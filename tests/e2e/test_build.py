@@ -331,6 +331,7 @@ def test_a_killed_build_leaves_no_tag_and_a_rerun_resumes(
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=120)
+    proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     with RegistryClient() as client:
         for name, tag in (("hello", "v1.0.0"), ("toolbox", "v0.3.0"), ("busybox", "1.35")):

@@ -165,7 +165,9 @@ def test_a_killed_export_leaves_no_part_that_looks_complete_and_runs_again(
             break
         time.sleep(0.002)
     proc.wait()
-    assert seen, f"the export ended before it could be killed: {proc.stderr.read() if proc.stderr else ''!r}"
+    assert proc.stderr is not None
+    with proc.stderr:
+        assert seen, f"the export ended before it could be killed: {proc.stderr.read()!r}"
     assert _final_parts(tmp_path / "out") == []
     with pytest.raises(ConfigError):
         parts.open_bundle_file(sorted((tmp_path / "out").glob("*")))  # nothing there reads as a bundle

@@ -132,11 +132,12 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         "auth": {"token": {"realm": service.url, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(cert)}},
     }
     (work / "config.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [shutil.which("docker-registry") or "docker-registry", "serve", str(work / "config.yml")],
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "registry.log").open("wb"),
-    )
+    with (work / "registry.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [shutil.which("docker-registry") or "docker-registry", "serve", str(work / "config.yml")],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     pool = urllib3.PoolManager(retries=False)
     try:
         deadline = time.monotonic() + 15

@@ -245,14 +245,14 @@ class ConnectProxy:
             if upstream is None:
                 conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                 return
-            body = rfile.read(int(headers.get("content-length") or 0))
-            kept = [h for h in raw_headers if not h.lower().startswith((b"connection:", b"proxy-"))]
-            upstream.sendall(
-                f"{method} /{path} HTTP/1.1\r\n".encode() + b"".join(kept) + b"Connection: close\r\n\r\n" + body
-            )
-            while data := upstream.recv(65536):
-                conn.sendall(data)
-            upstream.close()
+            with upstream:
+                body = rfile.read(int(headers.get("content-length") or 0))
+                kept = [h for h in raw_headers if not h.lower().startswith((b"connection:", b"proxy-"))]
+                upstream.sendall(
+                    f"{method} /{path} HTTP/1.1\r\n".encode() + b"".join(kept) + b"Connection: close\r\n\r\n" + body
+                )
+                while data := upstream.recv(65536):
+                    conn.sendall(data)
         except (OSError, ValueError):
             pass
         finally:
