@@ -175,6 +175,13 @@ def bake(bakefile: Path, nonce: str) -> float:
     sys.exit("bench: docker buildx bake failed three times")
 
 
+def forget_bake_images(host: str, names: list[str]) -> None:
+    """Bake's image exporter on the docker driver also keeps each tagged image in the engine's store:
+    remove the bench's tags there (the registry they point to is gone), leaving the machine as it was."""
+    tags = [f"{host}/bake/{name}:v1.0.0" for name in names]
+    subprocess.run(["docker", "image", "rm", *tags], capture_output=True, check=False)
+
+
 def check_alone(lock_path: Path) -> tuple[float, int, int]:
     """The build's binaries check over every platform image of a lock, timed in this process with no
     cache of findings (every layer read): (seconds, platform images, layers read)."""
@@ -239,6 +246,7 @@ def main() -> int:
         subprocess.run(["git", "tag", "-f", "v1.0.0", "HEAD"], cwd=work / "git" / f"{changed}.git", check=True)
         (work / "lock.json").unlink()  # accept the moved tag (the lock would refuse it)
         ours_one, one_status = archlift(config, nonce, cache, "--refresh")
+        forget_bake_images(reg.host, names)
     rebuilt = sorted(n for n, s in one_status.items() if s == "built")
     print()
     print(f"{'measurement':48} {'archlift':>9} {'bake':>9} {'ratio':>7}")

@@ -146,9 +146,57 @@ configure_docker() {
 ours() { [ -f "$DOCKERD_PID" ] && kill -0 "$(cat "$DOCKERD_PID")" 2>/dev/null; }
 
 wait_for_docker() {
-  local _
-  for _ in $(seq 1 "${1:-60}"); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  # (gives up early when the dockerd this script started has exited)
+  local _ pid=""
+  [ "${2:-}" = ours ] && pid=$(cat "$DOCKERD_PID")
+  for _ in $(seq 1 "${1:-60}"); do
+    docker info >/dev/null 2>&1 && return 0
+    [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
+    sleep 1
+  done
   return 1
+}
+
+launch_dockerd() {
+  setsid /usr/sbin/dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  echo $! >"$DOCKERD_PID"
+}
+
+data_root() {
+  python3 -c 'import json, sys
+try:
+    print(json.load(open(sys.argv[1])).get("data-root") or "/var/lib/docker")
+except (OSError, ValueError):
+    print("/var/lib/docker")' "$DAEMON_JSON"
+}
+
+# Docker 26 with the containerd image store cannot start once BuildKit holds many cache records:
+# loading them outlasts a start-up deadline and dockerd exits with "context deadline exceeded"
+# (moby/moby#48569, fixed in Docker 27.4; Debian ships 26.1). Only the build cache is in the way,
+# and the daemon cannot start with it, so it is set aside, dockerd started again, and the leases
+# that held the old cache's layers in containerd released (images and containers are kept).
+startup_deadline_bug() {
+  ! ours && [ "$(tail -n 1 "$DOCKERD_LOG")" = "context deadline exceeded" ] \
+    && grep -q 'Daemon has completed initialization' "$DOCKERD_LOG" \
+    && [ -d "$(data_root)/buildkit" ]
+}
+
+reset_build_cache_and_start() {
+  local root aside since leases
+  root=$(data_root)
+  aside="$root/buildkit.archlift-set-aside"
+  log "dockerd exited while BuildKit loaded its cache records: Docker 26 cannot start with this many (moby/moby#48569, fixed in Docker 27.4). Emptying the build cache (images and containers are kept) and starting dockerd again."
+  rm -rf "$aside"
+  mv "$root/buildkit" "$aside"
+  since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  launch_dockerd
+  wait_for_docker 60 ours || { tail -20 "$DOCKERD_LOG" >&2; die "dockerd did not start even with an empty build cache (log: $DOCKERD_LOG; the old cache: $aside)"; }
+  # the old records' leases, all created before this start, keep their layers alive in containerd
+  local sock=/var/run/docker/containerd/containerd.sock
+  leases=$(ctr --address "$sock" --namespace moby leases ls | awk -v since="$since" 'NR > 1 && $2 < since {print $1}')
+  [ -z "$leases" ] || xargs -n 500 ctr --address "$sock" --namespace moby leases rm <<<"$leases" >/dev/null
+  rm -rf "$aside"
+  log "the build cache is empty ($(wc -w <<<"$leases") old leases released); the next builds fill it again"
 }
 
 start_dockerd() {
@@ -170,9 +218,15 @@ $(docker info 2>&1 | tail -5)"
       return
     fi
   fi
-  setsid /usr/sbin/dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
-  echo $! >"$DOCKERD_PID"
-  wait_for_docker || { tail -20 "$DOCKERD_LOG" >&2; die "dockerd did not start (log: $DOCKERD_LOG)"; }
+  launch_dockerd
+  if ! wait_for_docker 60 ours; then
+    if startup_deadline_bug; then
+      reset_build_cache_and_start
+    else
+      tail -20 "$DOCKERD_LOG" >&2
+      die "dockerd did not start (log: $DOCKERD_LOG)"
+    fi
+  fi
   log "started dockerd (log: $DOCKERD_LOG)"
 }
 
