@@ -3,6 +3,7 @@ registry, skopeo's OCI layouts and a refusing proxy on loopback."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -244,6 +245,29 @@ def test_each_images_blobs_go_together_shared_ones_first(
     assert order == sorted(order) and order[0] == "rel/c0" and order[-1] == "rel/c2"
     assert len(uploads) == len(_unique(release))
     assert_same(client, release, target)
+
+
+def test_a_source_repository_is_asked_for_its_tags_once_however_many_names_its_image_goes_to(
+    release: dict[str, PushedImage], source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    """One image copied to two names (as the upstream layout does): its repository's tag list (for
+    signatures) and what its signature tag points at are asked once; both names get the signature."""
+    client = RegistryClient()
+    img = release["c0"]
+    (plan,) = _plans({"c0": img}, target.host)
+    plans = [dataclasses.replace(plan, target=target.ref(f"{name}/c0")) for name in ("one", "two")]
+    before = len(source.access_log())
+    results = copy(plans, RegistryStore(client), RegistryStore(client), jobs=2)
+    assert not [r.error for r in results if r.error]
+    asked = source.access_log()[before:]
+    assert len([e for e in asked if e.path.startswith("/v2/rel/c0/tags/list")]) == 1
+    assert len([e for e in asked if e.method == "HEAD" and img.signature_tag in e.path]) == 1
+    src_sig = client.head_manifest(img.ref.with_tag(img.signature_tag))
+    for name in ("one", "two"):
+        sig = client.head_manifest(target.ref(f"{name}/c0", img.signature_tag))
+        assert src_sig is not None and sig is not None and sig.digest == src_sig.digest
+        head = client.head_manifest(target.ref(f"{name}/c0", "v1"))
+        assert head is not None and head.digest == img.index
 
 
 # ------------------------------------------------------------------ trees
