@@ -330,7 +330,7 @@ def test_a_layout_checked_as_soon_as_it_is_pushed_leaves_the_gate_nothing_to_rea
         _into_layout(client, ref, tmp_path / "layout")
         with Checker(client) as checker:
             before = len(fresh_registry.access_log())
-            checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository))
+            assert checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository)) == 2
             early_layers = checker.layers_read
             verdict = check_release(checker, BinariesPolicy("fail"), entry)
             assert fresh_registry.access_log()[before:] == []  # not one request, from the layout to the verdict
@@ -347,7 +347,7 @@ def test_a_layout_checked_as_soon_as_it_is_pushed_leaves_the_gate_nothing_to_rea
         path = tmp_path / "layout" / "blobs" / "sha256" / top.digest.hex
         path.write_bytes(layer({"usr/bin/ok": busybox["amd64"]}))
         with Checker(client) as checker:
-            checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository))
+            assert checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository)) == 1
             before = fresh_registry.count("GET", f"/blobs/{top.digest}", 200)
             again = check_release(checker, BinariesPolicy("fail"), entry)
             assert fresh_registry.count("GET", f"/blobs/{top.digest}", 200) == before + 1  # read from the registry

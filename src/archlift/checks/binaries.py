@@ -702,27 +702,31 @@ class Checker:
         """The ELF files of the final filesystem of ``repo@digest`` (an image manifest)."""
         return self._files(_Registry(self.client, repo), digest)
 
-    def layout_pushed(self, root: Path, digest: Digest, repo: ImageRef) -> None:
+    def layout_pushed(self, root: Path, digest: Digest, repo: ImageRef) -> int:
         """For the build, as soon as it has pushed ``digest`` (an index or an image manifest) from the
         OCI layout ``root`` to ``repo`` by digest: find the ELF files of each of its platform images,
         reading the layout (the bytes that were pushed) instead of the registry. The gate then judges
         them with nothing left to read. Best effort: what fails here is read again from the registry
-        when the gate asks for it (and fails there, when the image itself is at fault)."""
+        when the gate asks for it (and fails there, when the image itself is at fault). Returns how many
+        platform images were read."""
         source = _Layout(root, repo)
         errors = (ArchliftError, OSError, ValueError, KeyError, TypeError)
         try:
             top = source.manifest(digest)
         except errors as e:
             log.debug("%s@%s: not checked from its layout (%s); the gate reads the registry", repo.name, digest, e)
-            return
+            return 0
         images = [digest]
         if top.is_index:
             images = [d.digest for d in top.descriptors() if d.platform is not None and not d.is_attestation]
+        read = 0
         for image in images:
             try:
                 self._files(source, image)
+                read += 1
             except errors as e:
                 log.debug("%s@%s: not checked from its layout (%s); the gate reads the registry", repo.name, image, e)
+        return read
 
     def _files(self, source: _Images, digest: Digest) -> ImageFiles:
         return self._once(
@@ -851,6 +855,18 @@ def check_release(checker: Checker, policy: BinariesPolicy, release: ComponentRe
         warned = [f"{p}\n{MIRROR_HINT}" for p in problems]
         return ComponentBinaries(name, tuple(results), warnings=tuple(notes + warned))
     return ComponentBinaries(name, tuple(results), error=BinaryMismatch(f"{name}: " + "\n".join(problems), hint=HINT))
+
+
+def check_as_pushed(checker: Checker, report: Reporter) -> Callable[[str, Path, Digest, ImageRef], None]:
+    """The build's ``pushed`` hook (``archlift.steps.build.Pushed``): each component's layout read by
+    ``checker`` as soon as it is pushed, in the thread that pushed it (the bake goes on meanwhile)."""
+
+    def pushed(name: str, root: Path, digest: Digest, repo: ImageRef) -> None:
+        report(name, "", "reading the binaries of its OCI layout")
+        read = checker.layout_pushed(root, digest, repo)
+        report(name, "", f"binaries read from its layout: {read} platform image(s)")
+
+    return pushed
 
 
 def gate(checker: Checker, config: Config, results: Sequence[BuildResult], report: Reporter) -> tuple[BuildResult, ...]:

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             )
         checker = None
         if args.check_binaries:  # pushed by digest -> binaries match their platforms -> (only then) tags move
-            from ..checks.binaries import Checker, default_cache
+            from ..checks.binaries import Checker, check_as_pushed, default_cache
 
             checker = stack.enter_context(Checker(run.client, cache=default_cache()))
         with group("build: bake, push by digest, verify"):
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 trees=run.trees,
                 report=report,
                 jobs=jobs,
-                pushed=checker.layout_pushed if checker else None,  # each layout checked as soon as it is pushed
+                pushed=check_as_pushed(checker, report) if checker else None,  # each layout as soon as it is pushed
             )
         if checker is not None:
             from ..checks.binaries import gate

@@ -98,9 +98,10 @@ class _Pushed:
     at: float  # when it was done (time.monotonic)
 
 
-Pushed = Callable[[Path, Digest, ImageRef], None]
-"""Called with each OCI layout as soon as its image is pushed by digest (the layout, the digest, the
-repository), while the layout is still there: the binaries check reads it (``Checker.layout_pushed``)."""
+Pushed = Callable[[str, Path, Digest, ImageRef], None]
+"""Called with each OCI layout as soon as its image is pushed by digest (the component, the layout, the
+digest, the repository), while the layout is still there: the binaries check reads it
+(``archlift.checks.binaries.check_as_pushed``)."""
 
 
 def push_layout(
@@ -118,7 +119,7 @@ def push_layout(
     report(job.comp.name, "", f"pushing {digest.short()} by digest")
     push_image(client, layout.root, digest, job.comp.image)
     if pushed is not None:
-        pushed(layout.root, digest, job.comp.image)
+        pushed(job.comp.name, layout.root, digest, job.comp.image)
     if not early:
         shutil.rmtree(layout.root, ignore_errors=True)
 
