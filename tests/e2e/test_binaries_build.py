@@ -85,12 +85,16 @@ def test_a_wrong_binary_deleted_by_a_later_layer_passes(
         f"    source: {{git: {repo.path}, ref: v1.0.0}}\n"
         f"    build: {{args: {{BASE: '{seeded_base}'}}}}\n"
     )
+    blob_reads = r"^/v2/binaries-whiteout/cleanup/blobs/sha256:"
+    before = registry.count("GET", blob_reads)
     status, result = build(config, capsys)
     assert status == 0, result
     lock = ReleaseLock.read(Path("dist/release.json"))
     rel = lock.component("cleanup")
     assert rel.binaries["linux/arm64"].machines == {"aarch64": 1}  # the base's busybox, nothing else
     assert rel.binaries["linux/amd64"].machines == {"x86-64": 1}
+    # checked from the OCI layout the bake wrote, as soon as it was pushed: the gate read no layer back
+    assert registry.count("GET", blob_reads) == before
     with RegistryClient() as client:
         names = layer_names(client, rel.ref, "linux/arm64")
     # the image really holds the wrong binaries in lower layers, and the last layer's whiteouts: of the
@@ -135,7 +139,11 @@ def test_a_mirrored_image_of_another_machine_is_a_warning(
 
 
 def test_a_mirrored_image_of_another_machine_fails_with_check_fail(
-    workdir: Path, registry: LocalRegistry, fake_thirdparty: ImageRef, capsys: pytest.CaptureFixture[str]
+    workdir: Path,
+    registry: LocalRegistry,
+    fake_thirdparty: ImageRef,
+    seeded_base: ImageRef,  # "good" mirrors it
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = workdir / "images.yaml"
     config.write_text(

@@ -289,6 +289,62 @@ def test_a_shared_layer_is_read_once_and_remembered(
         assert fresh_registry.count("GET", r"/blobs/sha256:") == blobs  # no blob read at all
 
 
+def _into_layout(client: RegistryClient, ref: ImageRef, root: Path) -> None:
+    """``ref`` (pinned) copied into an OCI layout directory, as the bake leaves one."""
+    from archlift.oci.copy import ImagePlan, copy
+    from archlift.oci.layout import LayoutStore
+    from archlift.oci.store import RegistryStore
+
+    plan = ImagePlan("x", ref, ImageRef(ref.registry, ref.repository), (), ())
+    (result,) = copy([plan], RegistryStore(client), LayoutStore(root))
+    assert not result.error
+
+
+def test_a_layout_checked_as_soon_as_it_is_pushed_leaves_the_gate_nothing_to_read(
+    fresh_registry: LocalRegistry, busybox: dict[str, bytes], tmp_path: Path
+) -> None:
+    """The build hands the checker each layout it has pushed (``layout_pushed``): the images are judged
+    from the disk, and the gate's judgement (check_release) then reads nothing from the registry, with
+    the same verdict as from the registry. A layout damaged after the push does not mislead the gate: it
+    reads that image from the registry."""
+    from archlift.checks.binaries import check_release
+    from archlift.config.model import BinariesPolicy
+
+    platforms = {
+        "linux/amd64": [layer({"bin/busybox": busybox["amd64"]})],
+        "linux/arm64": [layer({"bin/busybox": busybox["amd64"]}), layer({"usr/bin/ok": busybox["arm64"]})],
+    }
+    with RegistryClient() as client:
+        ref = put_image(client, fresh_registry.ref("early/app", "1"), platforms)
+        assert ref.digest is not None
+        entry = ComponentRelease("app", "built", ref.name, ref.digest, client.index_platforms(ref))
+        _into_layout(client, ref, tmp_path / "layout")
+        with Checker(client) as checker:
+            before = len(fresh_registry.access_log())
+            assert checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository)) == 2
+            early_layers = checker.layers_read
+            verdict = check_release(checker, BinariesPolicy("fail"), entry)
+            assert fresh_registry.access_log()[before:] == []  # not one request, from the layout to the verdict
+        with Checker(client) as fresh:
+            from_registry = check_release(fresh, BinariesPolicy("fail"), entry)
+        assert early_layers == 2 and fresh.layers_read == 2  # the amd64 layer is both platforms' first
+        assert verdict.platforms == from_registry.platforms
+        assert verdict.error is not None and "/bin/busybox: x86-64" in verdict.error.message
+        assert {p.platform: p.elf_files for p in verdict.platforms} == {"linux/amd64": 1, "linux/arm64": 2}
+
+        # the arm64 top layer changed on the disk after the push: its digest no longer matches
+        arm64 = client.get_manifest(ref.with_digest(entry.platforms["linux/arm64"]))
+        top = arm64.descriptors()[-1]
+        path = tmp_path / "layout" / "blobs" / "sha256" / top.digest.hex
+        path.write_bytes(layer({"usr/bin/ok": busybox["amd64"]}))
+        with Checker(client) as checker:
+            assert checker.layout_pushed(tmp_path / "layout", ref.digest, ImageRef(ref.registry, ref.repository)) == 1
+            before = fresh_registry.count("GET", f"/blobs/{top.digest}", 200)
+            again = check_release(checker, BinariesPolicy("fail"), entry)
+            assert fresh_registry.count("GET", f"/blobs/{top.digest}", 200) == before + 1  # read from the registry
+        assert again.platforms == from_registry.platforms
+
+
 def test_an_opaque_directory_hides_a_wrong_binary(fresh_registry: LocalRegistry, busybox: dict[str, bytes]) -> None:
     """A layer that makes /opt/tools opaque hides the amd64 binary below it; without it, it is flagged."""
     wrong = layer({"opt/tools": None, "opt/tools/tool": busybox["amd64"]})

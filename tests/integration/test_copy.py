@@ -3,6 +3,7 @@ registry, skopeo's OCI layouts and a refusing proxy on loopback."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -203,6 +204,70 @@ def test_blob_in_another_target_repository_is_mounted_once_then_never_checked_ag
     assert len(uploads) == 1
     mounts = target.count("POST", rf"mount=sha256%3A{shared.hex}|mount=sha256:{shared.hex}", 201)
     assert mounts == len(release) - 1
+
+
+def _repository_of(path: str) -> str:
+    return path.split("/v2/", 1)[1].split("/blobs/", 1)[0]
+
+
+def test_small_blob_several_repositories_need_is_looked_for_in_one_sent_once_and_mounted_into_the_others(
+    release: dict[str, PushedImage], target: LocalRegistry, no_docker_config: None
+) -> None:
+    """The attestations' "{}" config (2 bytes) is in every image: one look, in the first repository by
+    name, one upload there, one mount into each other repository, and no other request about it."""
+    client = RegistryClient()
+    check(mirror(plan_mirror(release_lock(release), Target.parse(target.host)), client, jobs=2))
+    empty = Digest.of(b"{}")
+    assert all(empty in img.blobs for img in release.values())
+    about = [e for e in target.access_log() if empty.hex in e.path]
+    looks = [e for e in about if e.method == "HEAD" or (e.method == "POST" and e.status == 202)]
+    assert [_repository_of(e.path) for e in looks] == ["rel/c0"]
+    assert [_repository_of(e.path) for e in about if e.method == "PUT"] == ["rel/c0"]
+    mounts = [e for e in about if e.method == "POST" and e.status == 201]
+    assert sorted(_repository_of(e.path) for e in mounts) == ["rel/c1", "rel/c2"]
+    assert len(about) == len(looks) + 1 + len(mounts)
+    assert_same(client, release, target)
+
+
+def test_each_images_blobs_go_together_shared_ones_first(
+    release: dict[str, PushedImage], target: LocalRegistry, no_docker_config: None
+) -> None:
+    """With one blob worker the uploads are in the order they are given out: the blobs several images
+    share first (into the first repository), then each image's own, image after image (so that an
+    image's manifests and tags can go while the next one's blobs copy)."""
+    client = RegistryClient()
+    check(mirror(plan_mirror(release_lock(release), Target.parse(target.host)), client, jobs=1))
+    uploads = [e.path for e in target.access_log() if e.method == "PUT" and "/blobs/uploads/" in e.path]
+    shared = [d for d in _unique(release) if sum(d in img.blobs for img in release.values()) > 1]
+    assert len(shared) == 2  # the shared layer and "{}"
+    assert {p for p in uploads[:2] if any(d.hex in p for d in shared)} == set(uploads[:2])
+    order = [_repository_of(p) for p in uploads]
+    assert order == sorted(order) and order[0] == "rel/c0" and order[-1] == "rel/c2"
+    assert len(uploads) == len(_unique(release))
+    assert_same(client, release, target)
+
+
+def test_a_source_repository_is_asked_for_its_tags_once_however_many_names_its_image_goes_to(
+    release: dict[str, PushedImage], source: LocalRegistry, target: LocalRegistry, no_docker_config: None
+) -> None:
+    """One image copied to two names (as the upstream layout does): its repository's tag list (for
+    signatures) and what its signature tag points at are asked once; both names get the signature."""
+    client = RegistryClient()
+    img = release["c0"]
+    (plan,) = _plans({"c0": img}, target.host)
+    plans = [dataclasses.replace(plan, target=target.ref(f"{name}/c0")) for name in ("one", "two")]
+    before = len(source.access_log())
+    results = copy(plans, RegistryStore(client), RegistryStore(client), jobs=2)
+    assert not [r.error for r in results if r.error]
+    asked = source.access_log()[before:]
+    assert len([e for e in asked if e.path.startswith("/v2/rel/c0/tags/list")]) == 1
+    assert len([e for e in asked if e.method == "HEAD" and img.signature_tag in e.path]) == 1
+    src_sig = client.head_manifest(img.ref.with_tag(img.signature_tag))
+    for name in ("one", "two"):
+        sig = client.head_manifest(target.ref(f"{name}/c0", img.signature_tag))
+        assert src_sig is not None and sig is not None and sig.digest == src_sig.digest
+        head = client.head_manifest(target.ref(f"{name}/c0", "v1"))
+        assert head is not None and head.digest == img.index
 
 
 # ------------------------------------------------------------------ trees

@@ -11,11 +11,13 @@ The pure parts, tested without a registry:
   the filesystem a container gets;
 - :func:`judge`: those files against the platform's machine and the paths a component allows.
 
-:class:`Checker` reads images from a registry: every layer at most once per run, shared by the
-platforms and components that have it in common, and each platform manifest's ELF files
-remembered in the cache directory by digest (a component skipped on a re-run is judged again at
-the cost of one manifest read). :func:`gate` is the build's step between "pushed by digest" and
-"move tags".
+:class:`Checker` reads images from a registry, or from the OCI layout a build has just pushed
+(``Checker.layout_pushed``: the same bytes, read from the disk while the bake still builds the
+other components): every layer at most once per run, shared by the platforms and components that
+have it in common, and each platform manifest's ELF files remembered in the cache directory by
+digest (a component skipped on a re-run is judged again without reading anything). :func:`gate` is
+the build's step between "pushed by digest" and "move tags": it judges every platform of every
+component, with what the layouts gave already.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import io
 import json
+import logging
 import posixpath
 import tarfile
 import threading
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ..errors import ArchliftError, BuildError, RegistryError
 from ..lock import BinariesRecord, ComponentRelease, write_atomic
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
     from ..oci.store import Opener
     from ..steps.build import BuildResult
     from ..ui import Reporter
+
+log = logging.getLogger("archlift.checks.binaries")
 
 ELF_MAGIC = b"\x7fELF"
 HEAD = 64  # bytes read of each regular file: the ELF64 header
@@ -497,11 +503,12 @@ class ImageFiles:
 
 
 class _Blob(io.RawIOBase):
-    """A blob response as a raw stream, its size and digest checked when it ends."""
+    """A blob's bytes (from a registry's answer or a layout's file) as a raw stream, its size and
+    digest checked when it ends; ``release`` ends the read."""
 
-    def __init__(self, resp: Any, desc: Descriptor, what: str) -> None:
-        self._resp = resp
-        self._chunks: Iterator[Any] = iter(resp.chunks())
+    def __init__(self, chunks: Iterable[Any], release: Callable[[], None], desc: Descriptor, what: str) -> None:
+        self._release = release
+        self._chunks: Iterator[Any] = iter(chunks)
         self._desc = desc
         self._what = what
         self._hash = hashlib.new(desc.digest.algorithm)
@@ -529,15 +536,14 @@ class _Blob(io.RawIOBase):
 
         try:  # the client's reader: a reset, a deadline or more bytes than the size are its errors already
             chunk = next(self._chunks, None)
-        except OSError as e:  # temporary
+        except OSError as e:  # temporary (a layout's file: an error all the same)
             raise RequestFailed(f"reading {self._what}: {e.__class__.__name__}", temporary=True) from None
         if chunk is None:
             self._ended = True
             actual = f"{self._desc.digest.algorithm}:{self._hash.hexdigest()}"
             if self._size != self._desc.size or actual != self._desc.digest.value:
                 raise DigestMismatch(
-                    f"{self._what}: the registry sent {self._size} bytes with digest {actual}, "
-                    f"expected {self._desc.size} bytes",
+                    f"{self._what}: {self._size} bytes came with digest {actual}, expected {self._desc.size} bytes",
                     expected=self._desc.digest,
                     actual=actual,
                 )
@@ -546,7 +552,7 @@ class _Blob(io.RawIOBase):
         self._size += len(chunk)
         if self._size > self._desc.size:
             raise DigestMismatch(
-                f"{self._what}: the registry sent more than the {self._desc.size} bytes the manifest says",
+                f"{self._what}: more than the {self._desc.size} bytes the manifest says came",
                 expected=self._desc.digest,
                 actual="",
             )
@@ -555,8 +561,59 @@ class _Blob(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._resp.release()
+            self._release()
         super().close()
+
+
+class _Images(Protocol):
+    """Where the check reads a platform image from: a registry repository, or the OCI layout the bake
+    wrote (``authoritative``: a failure to read there is the image's; a layout's is only the layout's)."""
+
+    where: str
+    authoritative: bool
+
+    def manifest(self, digest: Digest) -> Manifest: ...
+    def config(self, desc: Descriptor) -> bytes: ...
+    def layer(self, desc: Descriptor, what: str) -> _Blob: ...
+
+
+class _Registry:
+    def __init__(self, client: RegistryClient, repo: ImageRef) -> None:
+        self.client, self.repo = client, repo
+        self.where = repo.name
+        self.authoritative = True
+
+    def manifest(self, digest: Digest) -> Manifest:
+        return self.client.get_manifest(self.repo.with_digest(digest))  # verified against the digest
+
+    def config(self, desc: Descriptor) -> bytes:
+        return self.client.get_blob(self.repo, desc.digest)
+
+    def layer(self, desc: Descriptor, what: str) -> _Blob:
+        reader = self.client.open_blob(self.repo, desc)
+        return _Blob(reader.chunks(), reader.release, desc, what)
+
+
+class _Layout:
+    """The OCI layout a build wrote and pushed by digest: the same bytes as the registry's, read
+    from the disk (and verified all the same)."""
+
+    def __init__(self, root: Path, repo: ImageRef) -> None:
+        from ..oci.layout import Layout
+
+        self.layout = Layout(root)
+        self.where = repo.name
+        self.authoritative = False
+
+    def manifest(self, digest: Digest) -> Manifest:
+        return self.layout.manifest(digest)  # verified against the digest
+
+    def config(self, desc: Descriptor) -> bytes:
+        return self.layout.read(desc.digest)
+
+    def layer(self, desc: Descriptor, what: str) -> _Blob:
+        f = self.layout.blob_path(desc.digest).open("rb")
+        return _Blob(iter(functools.partial(f.read, 1 << 20), b""), f.close, desc, what)
 
 
 T = TypeVar("T")
@@ -571,7 +628,9 @@ def default_cache() -> Path:
 class Checker:
     """Checks images in registries; one per run, shared by threads. Each layer is read at most once
     (the first thread reads it, the others wait for its findings), and each platform manifest's ELF
-    files are kept in ``cache`` (a directory; None: nowhere) by manifest digest."""
+    files are kept in ``cache`` (a directory; None: nowhere) by manifest digest. The build hands it
+    each OCI layout as soon as it is pushed (``layout_pushed``): its images are checked from the
+    disk then, while the bake builds the others, and the gate finds them done."""
 
     def __init__(self, client: RegistryClient, *, cache: Path | None = None, workers: int = 4) -> None:
         self.client = client
@@ -591,7 +650,12 @@ class Checker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _once(self, table: dict[Digest, Future[T]], key: Digest, compute: Callable[[], T]) -> T:
+    def _once(
+        self, table: dict[Digest, Future[T]], key: Digest, compute: Callable[[], T], *, keep_failure: bool = True
+    ) -> T:
+        """``compute()`` once per ``key``; the other threads that ask meanwhile wait for it. A failure
+        is kept (asked again, it fails the same) unless ``keep_failure`` is false: then the next one
+        to ask computes it again (from the registry)."""
         with self._lock:
             future = table.get(key)
             owner = future is None
@@ -601,6 +665,9 @@ class Checker:
             try:
                 future.set_result(compute())
             except BaseException as e:
+                if not keep_failure:
+                    with self._lock:
+                        table.pop(key, None)
                 future.set_exception(e)
         return future.result()
 
@@ -634,37 +701,70 @@ class Checker:
 
     def files(self, repo: ImageRef, digest: Digest) -> ImageFiles:
         """The ELF files of the final filesystem of ``repo@digest`` (an image manifest)."""
-        return self._once(self._images, digest, lambda: self._files(repo, digest))
+        return self._files(_Registry(self.client, repo), digest)
 
-    def _files(self, repo: ImageRef, digest: Digest) -> ImageFiles:
+    def layout_pushed(self, root: Path, digest: Digest, repo: ImageRef) -> int:
+        """For the build, as soon as it has pushed ``digest`` (an index or an image manifest) from the
+        OCI layout ``root`` to ``repo`` by digest: find the ELF files of each of its platform images,
+        reading the layout (the bytes that were pushed) instead of the registry. The gate then judges
+        them with nothing left to read. Best effort: what fails here is read again from the registry
+        when the gate asks for it (and fails there, when the image itself is at fault). Returns how many
+        platform images were read."""
+        source = _Layout(root, repo)
+        errors = (ArchliftError, OSError, ValueError, KeyError, TypeError)
+        try:
+            top = source.manifest(digest)
+        except errors as e:
+            log.debug("%s@%s: not checked from its layout (%s); the gate reads the registry", repo.name, digest, e)
+            return 0
+        images = [digest]
+        if top.is_index:
+            images = [d.digest for d in top.descriptors() if d.platform is not None and not d.is_attestation]
+        read = 0
+        for image in images:
+            try:
+                self._files(source, image)
+                read += 1
+            except errors as e:
+                log.debug("%s@%s: not checked from its layout (%s); the gate reads the registry", repo.name, image, e)
+        return read
+
+    def _files(self, source: _Images, digest: Digest) -> ImageFiles:
+        return self._once(
+            self._images, digest, lambda: self._read_files(source, digest), keep_failure=source.authoritative
+        )
+
+    def _read_files(self, source: _Images, digest: Digest) -> ImageFiles:
         cached = self._cached(digest)
         if cached is not None:
             return cached
-        manifest = self.client.get_manifest(repo.with_digest(digest))  # verified against the digest
+        manifest = source.manifest(digest)
         if manifest.is_index:
-            raise RegistryError(f"{repo.name}@{digest} is an index where an image manifest was expected")
+            raise RegistryError(f"{source.where}@{digest} is an index where an image manifest was expected")
         config_platform = None
         config = manifest.config
         if config is not None:
             try:
-                doc = json.loads(self.client.get_blob(repo, config.digest))
+                doc = json.loads(source.config(config))
             except ValueError:
                 doc = None
             if isinstance(doc, dict) and doc.get("os") and doc.get("architecture"):
                 config_platform = Platform(str(doc["os"]), str(doc["architecture"]), str(doc.get("variant") or ""))
         layers = [d for d in manifest.descriptors() if config is None or d.digest != config.digest]
-        scans = list(self._pool.map(lambda d: self.layer(repo, d), layers))
+        scans = list(self._pool.map(lambda d: self.layer(source, d), layers))
         found = ImageFiles(config_platform, final_files(scans))
         self._remember(digest, found)
         return found
 
-    def layer(self, repo: ImageRef, desc: Descriptor) -> LayerScan:
-        return self._once(self._layers, desc.digest, lambda: self._read_layer(repo, desc))
+    def layer(self, source: _Images, desc: Descriptor) -> LayerScan:
+        return self._once(
+            self._layers, desc.digest, lambda: self._read_layer(source, desc), keep_failure=source.authoritative
+        )
 
-    def _read_layer(self, repo: ImageRef, desc: Descriptor) -> LayerScan:
+    def _read_layer(self, source: _Images, desc: Descriptor) -> LayerScan:
         from ..oci.client import RequestFailed
 
-        what = f"layer {desc.digest.short()} of {repo.name}"
+        what = f"layer {desc.digest.short()} of {source.where}"
         if desc.media_type not in LAYER_TYPES:
             if "encrypted" in desc.media_type:
                 raise RegistryError(f"{what} is encrypted ({desc.media_type}): its files cannot be checked")
@@ -672,11 +772,11 @@ class Checker:
         with self._lock:
             self.layers_read += 1
         for attempt in range(3):
-            blob = _Blob(self.client.open_blob(repo, desc), desc, what)
+            blob = source.layer(desc, what)
             try:
                 return scan_layer(blob, what)
             except RequestFailed as e:
-                if not e.temporary or attempt == 2:
+                if not e.temporary or attempt == 2 or not source.authoritative:
                     raise
             finally:
                 blob.close()
@@ -836,15 +936,26 @@ def check_release(checker: Checker, policy: BinariesPolicy, release: ComponentRe
     return ComponentBinaries(name, tuple(results), error=BinaryMismatch(f"{name}: " + "\n".join(problems), hint=HINT))
 
 
-def gate(
-    client: RegistryClient, config: Config, results: Sequence[BuildResult], report: Reporter
-) -> tuple[BuildResult, ...]:
+def check_as_pushed(checker: Checker, report: Reporter) -> Callable[[str, Path, Digest, ImageRef], None]:
+    """The build's ``pushed`` hook (``archlift.steps.build.Pushed``): each component's layout read by
+    ``checker`` as soon as it is pushed, in the thread that pushed it (the bake goes on meanwhile)."""
+
+    def pushed(name: str, root: Path, digest: Digest, repo: ImageRef) -> None:
+        report(name, "", "reading the binaries of its OCI layout")
+        read = checker.layout_pushed(root, digest, repo)
+        report(name, "", f"binaries read from its layout: {read} platform image(s)")
+
+    return pushed
+
+
+def gate(checker: Checker, config: Config, results: Sequence[BuildResult], report: Reporter) -> tuple[BuildResult, ...]:
     """The build's step between "pushed by digest" and "move tags": every platform of every component
     with a release entry (built, skipped, copied or present) is checked. A mismatch fails its
     component (a mirrored one's is a warning unless it sets ``binaries: {check: fail}``); the entries
-    of the others get what was found, which the lock records."""
+    of the others get what was found, which the lock records. (What ``checker`` found already in
+    the layouts the build pushed, ``Checker.layout_pushed``, is judged without reading anything.)"""
     todo = [r for r in results if r.release is not None and r.name in config.components]
-    with Checker(client, cache=default_cache()) as checker, ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
 
         def one(result: BuildResult) -> ComponentBinaries:
             assert result.release is not None

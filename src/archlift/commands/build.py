@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     with (
         reporter(rows, silent=args.quiet or args.json) as report,
         open_run(config, lock=previous, refresh=args.refresh, timeout=timeout) as run,
+        contextlib.ExitStack() as stack,
     ):
         with group("decide: build, skip or copy each component"):
             decisions = decide(
@@ -98,13 +100,26 @@ def run(args: argparse.Namespace) -> int:
                 jobs=jobs,
                 report=report,
             )
-        with group("build: bake, push by digest, verify"):
-            results = build(decisions, config=config, client=run.client, trees=run.trees, report=report, jobs=jobs)
+        checker = None
         if args.check_binaries:  # pushed by digest -> binaries match their platforms -> (only then) tags move
+            from ..checks.binaries import Checker, check_as_pushed, default_cache
+
+            checker = stack.enter_context(Checker(run.client, cache=default_cache()))
+        with group("build: bake, push by digest, verify"):
+            results = build(
+                decisions,
+                config=config,
+                client=run.client,
+                trees=run.trees,
+                report=report,
+                jobs=jobs,
+                pushed=check_as_pushed(checker, report) if checker else None,  # each layout as soon as it is pushed
+            )
+        if checker is not None:
             from ..checks.binaries import gate
 
             with group("check: every image's binaries are for its platform"):
-                results = gate(run.client, config, results, report)
+                results = gate(checker, config, results, report)
         with group("release: move the tags, write the lock"):
             result = release(
                 results,

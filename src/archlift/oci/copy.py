@@ -28,7 +28,10 @@ How it stays fast and correct:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +162,7 @@ class Work:
     """One image on its way: what the source has and the target lacks."""
 
     plan: ImagePlan
+    rank: int = 0  # its place in the copy: its blobs go before those of the images after it
     index: Manifest | None = None
     dropped: tuple[str, ...] = ()
     up_to_date: bool = False
@@ -204,16 +208,60 @@ class _BlobState:
 
     desc: Descriptor
     pending: list[Work] = field(default_factory=list)  # images waiting for it (guarded by the copy's lock)
-    home: ImageRef | None = None  # a target repository that has it: mount from there
-    done: set[str] = field(default_factory=set)  # target repositories that have it
 
+
+_Task = tuple[tuple[Any, ...], Callable[..., None], tuple[Any, ...]]  # (priority, function, its arguments)
 
 SMALL_BLOB = 1 << 20
+LOOKED_FOR_ONCE = 64 << 10
+"""A blob smaller than this that several target repositories need is looked for in one of them only
+(the first by name), sent there when it lacks it, and mounted into the others: sending a few kB once
+more (when another repository had it after all) costs less than asking every repository first."""
 
 
 def _order(desc: Descriptor) -> tuple[bool, int]:
     """Small blobs first, then the biggest first."""
     return (desc.size >= SMALL_BLOB, -desc.size if desc.size >= SMALL_BLOB else desc.size)
+
+
+class _Workers:
+    """Worker threads that take the task of the smallest priority first (a ``ThreadPoolExecutor``
+    takes them in the order they came): a blob that every image waits for goes before the rest, and
+    each image's own blobs (and its mounts) go together, so that images finish one after the other
+    while the others copy. Equal priorities keep their order."""
+
+    _LAST = (9,)  # after every task: the end of a worker
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.PriorityQueue[tuple[tuple[Any, ...], int, Callable[[], None] | None]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}") for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[], None], priority: tuple[Any, ...]) -> None:
+        self._queue.put((priority, next(self._seq), fn))
+
+    def _work(self) -> None:
+        while True:
+            _, _, fn = self._queue.get()
+            if fn is None:
+                return
+            with contextlib.suppress(BaseException):  # the task keeps what went wrong (``_Copy._spawn``)
+                fn()
+
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        """End the workers once the tasks queued are done (``cancel``: the tasks not yet started are
+        dropped); ``wait``: return only then."""
+        if cancel:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+        for _ in self._threads:
+            self._queue.put((self._LAST, next(self._seq), None))
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 class _Copy:
@@ -298,77 +346,134 @@ class _Copy:
         w.up_to_date = not (w.tags_to_move or w.tree.manifests or w.extras)
 
     # --- blobs (per digest, across images) -----------------------------
-    def blob(self, st: _BlobState, users: list[Work]) -> None:
-        """One blob into every target repository that needs it: a check in each (what is
-        there is skipped), then one upload, or none when some repository of the target
-        has it already (or the source is the same registry), and a cross-repository mount
-        into the others. (Into a registry seen to honour mounts, a blob for one repository
-        asks with a mount from that repository instead of the check.)"""
-        t, desc = self.target, st.desc
+    # Each digest's work is split by target repository: one task per repository that needs
+    # it, so that an image's blobs complete on their own. A digest that several repositories
+    # need is first made present in one of them (its home), then mounted from there into the
+    # others, each mount a task of the image it is for.
+    def blob(self, st: _BlobState) -> list[_Task]:
+        """The first tasks of one digest, once every image is discovered."""
         by_repo: dict[str, list[Work]] = {}
-        for w in users:
+        for w in sorted(st.pending, key=lambda w: (w.plan.target.repository, w.rank)):
             by_repo.setdefault(w.plan.target.repository, []).append(w)
-        first = users[0].plan
-        origin = t.mount_origin(self.source, first.source, first.target)
+        groups = list(by_repo.values())
+        first = groups[0][0].plan
+        origin = self.target.mount_origin(self.source, first.source, first.target)
+        if len(groups) == 1 or origin is not None:  # each repository on its own (a mount from the source)
+            return [self._into_task(st, works, origin) for works in groups]
+        return [((0, _order(st.desc)), self._home, (st, groups))]
 
-        def settle(works: list[Work], **counter: int) -> None:
-            works[0].count(**counter)
-            for other in works[1:]:
-                other.count(skipped=1)
-            for _ in works:
-                self.progress.advance(desc.size)
-            st.done.add(works[0].plan.target.repository)
+    def _into_task(self, st: _BlobState, works: list[Work], home: ImageRef | None) -> _Task:
+        mount = home is not None and home != works[0].plan.target
+        if st.desc.size >= SMALL_BLOB and not mount:  # a copy of its own: the biggest first, to end evenly
+            priority: tuple[Any, ...] = (2, _order(st.desc))
+        else:  # with the rest of its image
+            priority = (1, min(w.rank for w in works), _order(st.desc))
+        return priority, self._into_and_count, (st, works, home)
 
-        def failed(works: list[Work], e: RegistryError) -> None:
-            message = e.message if isinstance(e, DigestMismatch) else f"blob {desc.digest.short()}: {e.message}"
-            for other in works:
-                other.fail(message)
-
-        missing: list[list[Work]] = []
-        self_mount = False
-        for repo, works in by_repo.items():
-            if repo in st.done:  # an earlier image with the same target repository brought it
-                settle(works, skipped=1)
-            elif st.home is not None:  # known elsewhere in the target: a mount will do
-                missing.append(works)
-            elif len(by_repo) == 1 and t.asks_with_mounts(works[0].plan.target):
-                # One request for both: a mount from the repository itself answers 201 when
-                # the blob is there, else opens the upload session the blob is sent to.
-                missing.append(works)
-                self_mount = True
-            else:
+    def _home(self, st: _BlobState, groups: list[list[Work]]) -> None:
+        """A digest that several target repositories need, made present in one of them (its home):
+        the first repository that has it (a small blob is looked for in the first one only, see
+        ``LOOKED_FOR_ONCE``), else the first one, where it is sent. Then each other repository gets
+        a mount from there."""
+        t, desc = self.target, st.desc
+        home: ImageRef | None = None
+        done: list[list[Work]] = []
+        if desc.size < LOOKED_FOR_ONCE:
+            done.append(groups[0])
+            if self._into(st, groups[0], None):
+                home = groups[0][0].plan.target
+        else:
+            for works in groups:
                 try:
                     if t.has_blob(works[0].plan.target, desc.digest):
-                        settle(works, skipped=1)
-                        st.home = works[0].plan.target
-                    else:
-                        missing.append(works)
+                        self._settle(st, works, skipped=1)
+                        home = works[0].plan.target
+                        done.append(works)
+                        break
                 except RegistryError as e:
-                    failed(works, e)
-        for works in missing:
-            w = works[0]
-            dst = w.plan.target
-            home = st.home or origin or (dst if self_mount else None)
-            try:
-                upload: str | None = None
-                if home is not None:
-                    upload = t.mount(dst, desc.digest, home)
-                    if upload is None:
-                        settle(works, **({"skipped": 1} if home == dst else {"mounted": 1}))
-                        st.home = st.home or dst
-                        continue
-                n = t.put_blob(
-                    dst,
-                    desc,
-                    self.source.blob(w.plan.source, desc),
-                    origin=self.source.where(w.plan.source),
-                    upload=upload,
-                    progress=self.progress.advance,
-                )
-                settle(works, sent=1, nbytes=n)
-                st.home = st.home or dst
-            except RegistryError as e:
-                failed(works, e)
+                    self._failed(st, works, e)
+                    done.append(works)
+            if home is None:
+                upload_to = next((works for works in groups if not any(works is d for d in done)), None)
+                if upload_to is not None:
+                    done.append(upload_to)
+                    if self._send(st, upload_to, None):
+                        home = upload_to[0].plan.target
+        for works in done:
+            self._counted(works)
+        for works in groups:
+            if not any(works is d for d in done):
+                priority, fn, args = self._into_task(st, works, home)
+                self._spawn(self._blob_pool, fn, *args, priority=priority)
+
+    def _into_and_count(self, st: _BlobState, works: list[Work], home: ImageRef | None) -> None:
+        self._into(st, works, home)
+        self._counted(works)
+
+    def _into(self, st: _BlobState, works: list[Work], home: ImageRef | None) -> bool:
+        """The blob into one target repository (``works``: the images that go there): a mount from
+        ``home`` (a repository of the target, or of the source in the same registry, that has it),
+        else a check there and an upload when it lacks it. (Into a registry seen to honour mounts,
+        the check is a mount from that repository itself: it answers 201 when the blob is there,
+        else opens the upload session the blob is sent to; one request for both.) Whether the blob
+        is there now."""
+        t, desc = self.target, st.desc
+        dst = works[0].plan.target
+        try:
+            if home is None and t.asks_with_mounts(dst):
+                home = dst
+            if home is None:
+                if t.has_blob(dst, desc.digest):
+                    self._settle(st, works, skipped=1)
+                    return True
+                return self._send(st, works, None)
+            upload = t.mount(dst, desc.digest, home)  # a refused mount opens an upload instead
+        except RegistryError as e:
+            self._failed(st, works, e)
+            return False
+        if upload is None:
+            self._settle(st, works, **({"skipped": 1} if home == dst else {"mounted": 1}))
+            return True
+        return self._send(st, works, upload)
+
+    def _send(self, st: _BlobState, works: list[Work], upload: str | None) -> bool:
+        """Upload the blob into the repository of ``works`` (into ``upload``, a session opened already)."""
+        w = works[0]
+        try:
+            n = self.target.put_blob(
+                w.plan.target,
+                st.desc,
+                self.source.blob(w.plan.source, st.desc),
+                origin=self.source.where(w.plan.source),
+                upload=upload,
+                progress=self.progress.advance,
+            )
+        except RegistryError as e:
+            self._failed(st, works, e)
+            return False
+        self._settle(st, works, sent=1, nbytes=n)
+        return True
+
+    def _settle(self, st: _BlobState, works: list[Work], **counter: int) -> None:
+        works[0].count(**counter)
+        for other in works[1:]:  # the same target repository: there already
+            other.count(skipped=1)
+        for _ in works:
+            self.progress.advance(st.desc.size)
+
+    def _failed(self, st: _BlobState, works: list[Work], e: RegistryError) -> None:
+        message = e.message if isinstance(e, DigestMismatch) else f"blob {st.desc.digest.short()}: {e.message}"
+        for w in works:
+            w.fail(message)
+
+    def _counted(self, works: list[Work]) -> None:
+        """One blob of each of ``works`` is handled; an image with none left pushes its manifests."""
+        for w in works:
+            with self._cond:
+                w.remaining -= 1
+                last = w.remaining == 0
+            if last:
+                self._spawn(self._meta_pool, self._pushed, w)
 
     # --- manifests and tags (per image) --------------------------------
     def push(self, w: Work) -> None:
@@ -425,12 +530,13 @@ class _Copy:
 
     # --- the pipeline ----------------------------------------------------
     # Manifests (discovery, then pushes) run on a pool of their own; blobs on the
-    # ``jobs`` pool once every image is discovered (only then is it known which
+    # ``jobs`` workers once every image is discovered (only then is it known which
     # blobs images share, and which target repositories may have one already).
-    # One task per digest serves every image that needs the blob, so each is sent
-    # once. An image's manifests (and tags) go as soon as its last blob is there,
-    # while other images' blobs are still copying.
-    def _spawn(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
+    # Each digest is sent at most once (``blob``). An image's manifests (and tags) go
+    # as soon as its last blob is there, while other images' blobs are still copying.
+    def _spawn(
+        self, pool: ThreadPoolExecutor | _Workers, fn: Callable[..., None], *args: Any, priority: tuple[Any, ...] = ()
+    ) -> None:
         def guarded() -> None:
             if self._stop.is_set():  # interrupted: start nothing new
                 return
@@ -443,7 +549,11 @@ class _Copy:
                     self._cond.notify_all()
                 raise
 
-        if not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if isinstance(pool, _Workers):
+            pool.submit(guarded, priority)
+        else:
             pool.submit(guarded)
 
     def _discovered(self, w: Work) -> None:
@@ -464,18 +574,9 @@ class _Copy:
         self.progress.start(self._total)
         if not blobs:
             self._spawn(self._meta_pool, self._pushed, w)
-        for st in start:
-            self._spawn(self._blob_pool, self._blob_task, st)
-
-    def _blob_task(self, st: _BlobState) -> None:
-        batch, st.pending = st.pending, []
-        self.blob(st, batch)
-        for w in batch:
-            with self._cond:
-                w.remaining -= 1
-                last = w.remaining == 0
-            if last:
-                self._spawn(self._meta_pool, self._pushed, w)
+        # Queued in the order they are to run: a worker that starts meanwhile takes the first.
+        for priority, fn, args in sorted((t for st in start for t in self.blob(st)), key=lambda t: t[0]):
+            self._spawn(self._blob_pool, fn, *args, priority=priority)
 
     def _pushed(self, w: Work) -> None:
         self.push(w)
@@ -484,8 +585,8 @@ class _Copy:
             self._cond.notify_all()
 
     def run(self) -> tuple[ImageResult, ...]:
-        works = [Work(p) for p in self.images]
-        self._blob_pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="copy-blob")
+        works = [Work(p, rank=n) for n, p in enumerate(self.images)]
+        self._blob_pool = _Workers(self.jobs, "copy-blob")
         self._meta_pool = ThreadPoolExecutor(8, thread_name_prefix="copy-meta")
         try:
             for w in works:
@@ -498,8 +599,9 @@ class _Copy:
             self._stop.set()
             raise
         finally:
-            for pool in (self._meta_pool, self._blob_pool):
-                pool.shutdown(wait=not self._stop.is_set(), cancel_futures=self._stop.is_set())
+            stop = self._stop.is_set()
+            self._meta_pool.shutdown(wait=not stop, cancel_futures=stop)
+            self._blob_pool.shutdown(wait=not stop, cancel=stop)
         if self._crash is not None:
             raise self._crash
         return tuple(self._result(w) for w in works)

@@ -14,8 +14,11 @@ never committed. Blobs are never held whole in memory.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Protocol, TypeVar, cast
 
 from ..refs import Digest, ImageRef
 from .client import RegistryClient, RequestFailed, cosign_tag_of
@@ -101,11 +104,32 @@ class Store(Source, Target, Protocol):
 _MOUNT_REFUSED = frozenset({400, 401, 403, 404, 405, 501})
 
 
+T = TypeVar("T")
+
+
 class RegistryStore:
-    """Registries, through one ``RegistryClient`` (every host it can reach)."""
+    """Registries, through one ``RegistryClient`` (every host it can reach). One store serves one copy:
+    what ``linked`` learns of a source repository (its tags, what a cosign tag points at) is asked
+    once, however many images of the copy come from that repository (the upstream layout copies
+    one image to several names)."""
 
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
+        self._lock = threading.Lock()
+        self._asked: dict[tuple[str, ...], Future[object]] = {}
+
+    def _once(self, key: tuple[str, ...], ask: Callable[[], T]) -> T:
+        with self._lock:
+            future = self._asked.get(key)
+            first = future is None
+            if future is None:
+                future = self._asked[key] = Future()
+        if first:
+            try:
+                future.set_result(ask())
+            except BaseException as e:
+                future.set_exception(e)
+        return cast(T, future.result())
 
     def where(self, repo: ImageRef) -> str:
         return f'"{repo.name}"'
@@ -123,11 +147,12 @@ class RegistryStore:
             for subject in sorted(subjects):
                 referrers.update(d.digest for d in c.referrers(repo, subject))
         tagged = []
-        for tag in sorted(c.list_tags(repo)):
+        where = (repo.registry, repo.repository)
+        for tag in sorted(self._once(("tags", *where), functools.partial(c.list_tags, repo))):
             points_at = cosign_tag_of(tag)
             if points_at is None or points_at not in subjects:
                 continue
-            desc = c.head_manifest(repo.with_tag(tag))
+            desc = self._once(("tag", *where, tag), functools.partial(c.head_manifest, repo.with_tag(tag)))
             if desc is not None:
                 tagged.append((tag, desc.digest))
         return sorted(referrers), tagged

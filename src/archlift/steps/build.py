@@ -15,9 +15,11 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .. import buildx
 from ..config.model import Component, Config
@@ -25,7 +27,7 @@ from ..errors import ArchliftError, BuildError, MirrorError
 from ..lock import ComponentRelease, PatchRecord, Upstream
 from ..oci import RegistryClient
 from ..oci.layout import Layout, push_image
-from ..refs import Digest, RefError, normalized
+from ..refs import Digest, ImageRef, RefError, normalized
 from ..ui import Reporter
 from . import inputs as inputs_mod
 from .decide import Decision, source_of
@@ -96,10 +98,19 @@ class _Pushed:
     at: float  # when it was done (time.monotonic)
 
 
-def push_layout(client: RegistryClient, job: BuildJob, digest: Digest, report: Reporter, *, early: bool) -> None:
-    """Push the image ``digest`` of the OCI layout the bake wrote for the job, by digest (no tag).
-    ``early``: while the bake still runs, before buildx writes the layout's index.json (the blobs
-    are there); the layout is kept for the check against the bake's metadata."""
+Pushed = Callable[[str, Path, Digest, ImageRef], None]
+"""Called with each OCI layout as soon as its image is pushed by digest (the component, the layout, the
+digest, the repository), while the layout is still there: the binaries check reads it
+(``archlift.checks.binaries.check_as_pushed``)."""
+
+
+def push_layout(
+    client: RegistryClient, job: BuildJob, digest: Digest, report: Reporter, *, early: bool, pushed: Pushed | None
+) -> None:
+    """Push the image ``digest`` of the OCI layout the bake wrote for the job, by digest (no tag),
+    then hand the layout to ``pushed``. ``early``: while the bake still runs, before buildx writes the
+    layout's index.json (the blobs are there); the layout is kept for the check against the bake's
+    metadata."""
     layout = Layout(job.layout)
     if early:
         layout.read(digest)  # there, and verified against the digest
@@ -107,15 +118,24 @@ def push_layout(client: RegistryClient, job: BuildJob, digest: Digest, report: R
         raise BuildError(f"{job.comp.name}: the build reported {digest}, which its OCI layout does not hold")
     report(job.comp.name, "", f"pushing {digest.short()} by digest")
     push_image(client, layout.root, digest, job.comp.image)
+    if pushed is not None:
+        pushed(job.comp.name, layout.root, digest, job.comp.image)
     if not early:
         shutil.rmtree(layout.root, ignore_errors=True)
 
 
 def publish_built(
-    client: RegistryClient, config: Config, job: BuildJob, digest: Digest, report: Reporter, *, early: bool = False
+    client: RegistryClient,
+    config: Config,
+    job: BuildJob,
+    digest: Digest,
+    report: Reporter,
+    *,
+    early: bool = False,
+    pushed: Pushed | None = None,
 ) -> _Pushed:
     """Push a built layout by digest, read it back from the registry, and record it (no tag)."""
-    push_layout(client, job, digest, report, early=early)
+    push_layout(client, job, digest, report, early=early, pushed=pushed)
     record, raw = verify_pushed(client, job.comp, digest, job.inputs.hash)
     inputs_mod.save_record(client, job.comp, config, record)
     return _Pushed(record, raw, time.monotonic())
@@ -214,8 +234,11 @@ def copy_mirror(client: RegistryClient, comp: Component, report: Reporter) -> tu
 class _Builds:
     """The bakes of one run and the pushes that follow each export (concurrently)."""
 
-    def __init__(self, config: Config, client: RegistryClient, trees: WorkTrees, report: Reporter) -> None:
+    def __init__(
+        self, config: Config, client: RegistryClient, trees: WorkTrees, report: Reporter, pushed: Pushed | None
+    ) -> None:
         self.config, self.client, self.trees, self.report = config, client, trees, report
+        self.on_pushed = pushed
         self.pushed: dict[str, _Pushed] = {}  # pushed, verified and recorded while the bake ran
         self.started: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -250,7 +273,9 @@ class _Builds:
     def _push_early(self, job: BuildJob, digest: Digest) -> None:
         """Best effort: a failure here is done again after the bake, from the same layout."""
         try:
-            pushed = publish_built(self.client, self.config, job, digest, self.report, early=True)
+            pushed = publish_built(
+                self.client, self.config, job, digest, self.report, early=True, pushed=self.on_pushed
+            )
         except (ArchliftError, OSError, ValueError) as e:
             log.debug("%s: pushing early failed (%s); pushing after the bake", job.comp.name, e)
             return
@@ -266,7 +291,7 @@ class _Builds:
             pushed = self.pushed.get(decision.name)
         try:
             if pushed is None or pushed.record.index_digest != built:  # not done while the bake ran
-                pushed = publish_built(self.client, self.config, job, built, self.report)
+                pushed = publish_built(self.client, self.config, job, built, self.report, pushed=self.on_pushed)
             assert decision.inputs is not None and decision.resolved is not None
             release = release_entry(job.comp, self.config, decision.resolved, decision.inputs, pushed.record)
         except ArchliftError as e:
@@ -283,10 +308,12 @@ def build(
     trees: WorkTrees,
     report: Reporter,
     jobs: int | None = None,
+    pushed: Pushed | None = None,
 ) -> tuple[BuildResult, ...]:
-    """Carry out every decision; results in the decisions' order. Never moves a tag."""
+    """Carry out every decision; results in the decisions' order. Never moves a tag. ``pushed`` is
+    called with each built layout as soon as it is pushed (see ``Pushed``)."""
     limit = jobs or config.concurrency
-    builds = _Builds(config, client, trees, report)
+    builds = _Builds(config, client, trees, report, pushed)
     results: dict[str, BuildResult] = {}
     to_build: list[tuple[Decision, BuildJob]] = []
 
