@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mirror import bytecode_cache, make_corpus
+from mirror import Corpus, bytecode_cache, make_corpus
+from support.registry import LocalRegistry
 
-from archlift.localenv import LocalRegistry
 from archlift.lock import ReleaseLock
 from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from archlift.refs import Digest, ImageRef
@@ -92,13 +92,14 @@ def main() -> int:
     src = LocalRegistry(log_level="error").start()
     try:
         client = RegistryClient(max_connections=2 * args.jobs)
-        v1, sizes = make_corpus(client, src, args.images, args.layer_mb, args.shared_mb, args.jobs)
-        v2 = rebuild(client, v1, "image00", args.layer_mb)
+        corpus = Corpus("airgap", args.images, args.layer_mb * 1_000_000, args.shared_mb * 1_000_000, "bench", False)
+        v1, sizes = make_corpus(client, src, corpus, args.jobs)
+        v2 = rebuild(client, v1, "image000", args.layer_mb)
         v1.write(work / "release-1.json")
         v2.write(work / "release-2.json")
         print(
             f"corpus: {args.images} two-platform images, {sum(sizes.values()) / 1e6:.0f} MB unique; release 2 rebuilds "
-            f"image00 ({2 * args.layer_mb} MB of new layers), the other {args.images - 1} unchanged"
+            f"image000 ({2 * args.layer_mb} MB of new layers), the other {args.images - 1} unchanged"
         )
         bytecode_cache(work / "pycache")
         ENV.update({k: v for k, v in os.environ.items() if k == "PYTHONPYCACHEPREFIX"})

@@ -226,7 +226,11 @@ def main() -> int:
         cache = work / "cache"
         print(f"bench: {len(names)} two-platform components, registry {reg.host}", flush=True)
 
-        bake_colds, ours_colds, unchecked_colds, gates, earlies = [], [], [], [], []
+        bake_colds: list[float] = []
+        ours_colds: list[float] = []
+        unchecked_colds: list[float] = []
+        gates: list[float] = []
+        earlies: list[float] = []
         for i in range(args.rounds):  # interleaved, each with a new NONCE: every RUN step is rebuilt
             bake_colds.append(bake(bakefile, uuid.uuid4().hex))
             for checked in (True, False) if i % 2 == 0 else (False, True):

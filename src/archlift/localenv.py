@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import yaml
 
@@ -145,7 +145,7 @@ class LocalRegistry:
         return None
 
     # --- life cycle ----------------------------------------------------
-    def start(self) -> LocalRegistry:
+    def start(self) -> Self:
         if self._proc is not None:
             return self
         binary = which("docker-registry")
@@ -244,7 +244,7 @@ class LocalRegistry:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> LocalRegistry:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
