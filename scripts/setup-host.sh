@@ -193,10 +193,13 @@ reset_build_cache_and_start() {
   wait_for_docker 60 ours || { tail -20 "$DOCKERD_LOG" >&2; die "dockerd did not start even with an empty build cache (log: $DOCKERD_LOG; the old cache: $aside)"; }
   # the old records' leases, all created before this start, keep their layers alive in containerd
   local sock=/var/run/docker/containerd/containerd.sock
-  leases=$(ctr --address "$sock" --namespace moby leases ls | awk -v since="$since" 'NR > 1 && $2 < since {print $1}')
-  [ -z "$leases" ] || xargs -n 500 ctr --address "$sock" --namespace moby leases rm <<<"$leases" >/dev/null
-  rm -rf "$aside"
-  log "the build cache is empty ($(wc -w <<<"$leases") old leases released); the next builds fill it again"
+  if leases=$(ctr --address "$sock" --namespace moby leases ls | awk -v since="$since" 'NR > 1 && $2 < since {print $1}') \
+     && { [ -z "$leases" ] || xargs -n 500 ctr --address "$sock" --namespace moby leases rm <<<"$leases" >/dev/null; }; then
+    rm -rf "$aside"
+    log "the build cache is empty ($(wc -w <<<"$leases") old leases released); the next builds fill it again"
+  else
+    log "WARNING: could not release the old cache's leases through $sock: its layers stay in containerd's store (the old cache is kept in $aside)"
+  fi
 }
 
 start_dockerd() {
