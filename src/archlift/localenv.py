@@ -272,17 +272,6 @@ def find_debs(directory: Path | None = None) -> dict[str, Path]:
     return found
 
 
-def _busybox_context(context: Path) -> None:
-    """Lay out ``<arch>/bin/busybox`` for both architectures in a build context."""
-    for arch, deb in find_debs().items():
-        unpacked = context / f".deb-{arch}"
-        run(["dpkg-deb", "-x", str(deb), str(unpacked)], error=BuildError, context=f"unpacking {deb.name}")
-        (context / arch / "bin").mkdir(parents=True)
-        shutil.move(unpacked / "bin" / "busybox", context / arch / "bin" / "busybox")
-        shutil.rmtree(unpacked)
-    (context / ".dockerignore").write_text(".deb-*\n")
-
-
 def busybox_context(context: Path) -> None:
     """Lay out ``<arch>/bin/busybox`` for both architectures in a build context."""
     for arch, deb in find_debs().items():

@@ -395,9 +395,6 @@ class Headers:
         values = self._raw.getlist(name)
         return values[0] if values else default
 
-    def getall(self, name: str) -> list[str]:
-        return list(self._raw.getlist(name))
-
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
         if value is None:
