@@ -134,7 +134,7 @@ def remote_refs(url: str, context: str) -> dict[str, str]:
     )
     if result.returncode != 0:
         raise SourceError(
-            f"{context}: cannot reach {url}: {' '.join(result.stderr.split()) or f'git exited {result.returncode}'}",
+            f"{context}: cannot reach {url}; git said:\n{_indent(result.stderr)}",
             hint="check the URL and your network or credentials; a path must be a git repository",
         )
     refs: dict[str, str] = {}
@@ -176,7 +176,7 @@ def fetch_between(source: Source, old_commit: str, to: str, remote: dict[str, st
         )
         if result.returncode != 0:
             raise SourceError(
-                f"{context}: cannot fetch {sha} from {source.git}: {' '.join(result.stderr.split())}",
+                f"{context}: cannot fetch {sha} from {source.git}; git said:\n{_indent(result.stderr)}",
                 hint="check the URL and your network or credentials; a mirror must hold both commits",
             )
 
