@@ -253,9 +253,12 @@ def test_platform_filter_records_new_index(
 
 
 def _mirror_until(target: LocalRegistry, cwd: Path, *, uploads: int, jobs: int) -> subprocess.Popen[str]:
-    """``archlift mirror`` in the background, returned once the target has completed ``uploads`` uploads."""
+    """``archlift mirror`` in the background, returned once the target has completed ``uploads`` uploads.
+    It starts with SIGINT at its default, as from a terminal, even when the tests themselves run in a
+    shell's background job (``bash .ci/run &``), whose commands and their children ignore SIGINT."""
+    argv = [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", str(jobs)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "archlift", "mirror", "--to", target.host, "--jobs", str(jobs)],
+        ["env", "--default-signal=INT", *argv],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
