@@ -16,9 +16,10 @@ from support.registry import LocalRegistry
 
 from archlift.errors import RegistryError
 from archlift.oci import Manifest, RegistryClient
-from archlift.oci.copy import ImagePlan, Tree, collect, copy
+from archlift.oci.copy import ImagePlan, copy
 from archlift.oci.layout import REF_NAME, REPOSITORY, LayoutStore, push_image
 from archlift.oci.store import RegistryStore
+from archlift.oci.walk import walk
 from archlift.proc import run
 from archlift.refs import Digest, ImageRef
 from archlift.steps.mirror import Target, check, mirror, plan_mirror
@@ -285,8 +286,7 @@ def test_collect_walks_children_first_without_recursion_and_bounds_the_depth() -
     for _ in range(12):
         chain.append(_index_of(chain[-1]))
     by_digest = {m.digest: m for m in chain}
-    tree = Tree()
-    collect(by_digest.__getitem__, chain[4], tree, set())
+    tree = walk(by_digest.__getitem__, chain[4])
     assert tree.manifests == chain[:5] and list(tree.blobs) == [Digest.of(b"c")]
     with pytest.raises(RegistryError, match="nested more than 8 levels deep"):
-        collect(by_digest.__getitem__, chain[-1], Tree(), set())
+        walk(by_digest.__getitem__, chain[-1])

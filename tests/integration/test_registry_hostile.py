@@ -27,7 +27,6 @@ from support.registry import LocalRegistry
 from archlift.errors import ConfigError, RegistryError
 from archlift.lock import ReleaseLock
 from archlift.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, InvalidAnswer, Manifest, RegistryClient, auth
-from archlift.oci.copy import Tree, collect
 from archlift.oci.http import USER_AGENT
 from archlift.oci.model import InvalidManifest
 from archlift.oci.walk import TreeError, walk
@@ -345,11 +344,10 @@ def test_index_trees_are_walked_without_recursion_and_with_a_depth_limit(server:
     def fetch(d: Digest) -> Manifest:
         return c.get_manifest(repo.with_digest(d))
 
-    tree = Tree()
-    collect(fetch, c.get_manifest(repo.with_tag("ok")), tree, set())  # 8 levels: fine
+    tree = walk(fetch, c.get_manifest(repo.with_tag("ok")))  # 8 levels: fine
     assert len(tree.manifests) == 9 and tree.manifests[-1].digest == Digest.of(chain(8)[-1])
     with pytest.raises(TreeError, match="nested more than 8 levels deep") as e:
-        collect(fetch, c.get_manifest(repo.with_tag("deep")), Tree(), set())
+        walk(fetch, c.get_manifest(repo.with_tag("deep")))
     assert e.value.exit_code == 2
     fetched = sum(1 for s in server.api() if "/manifests/sha256:" in s.path)
     assert fetched <= 8 + 8  # it stopped at the limit

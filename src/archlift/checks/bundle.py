@@ -29,10 +29,10 @@ from typing import Any
 from ..errors import RegistryError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci.archive import ArchiveReader
-from ..oci.copy import Tree, collect
 from ..oci.layout import Entry
 from ..oci.model import Descriptor, Manifest
 from ..oci.store import Opener
+from ..oci.walk import walk
 from ..refs import Digest, ImageRef, Platform, RefError, is_tag
 from ..steps.differential import SIMPLE_SIGNING, BaseRecord
 from ..steps.mirror import Artifact
@@ -235,9 +235,8 @@ def check_trees(
         if not archive.has_manifest(digest):
             also = ", and its base.json does not leave it out" if base else ""
             raise archive.refuse(f"it lacks {archive.blob_name(digest)}, the manifest {what} names{also}")
-        tree = Tree()
         try:
-            collect(archive.read_manifest, archive.read_manifest(digest), tree, seen)
+            tree = walk(archive.read_manifest, archive.read_manifest(digest), seen)
             for manifest in tree.manifests:  # every child (manifest or blob) there, of its size
                 walked.add(manifest.digest)
                 for desc in manifest.descriptors():

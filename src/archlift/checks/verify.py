@@ -14,8 +14,9 @@ from typing import Any
 from ..errors import RegistryError
 from ..lock import ComponentRelease, ReleaseLock
 from ..oci import RegistryClient, RequestFailed
-from ..oci.copy import ImagePlan, Tree, collect
+from ..oci.copy import ImagePlan
 from ..oci.store import RegistryStore
+from ..oci.walk import walk
 from ..steps.mirror import Artifact, Target, plan_mirror
 
 
@@ -93,8 +94,7 @@ def _verify_image(
                 f"tag {tag}: expected {comp.index_digest}, found {have_desc.digest if have_desc else 'nothing'}"
             )
     if deep:
-        tree = Tree()
-        collect(lambda d: c.get_manifest(dst.with_digest(d)), index, tree, set())
+        tree = walk(lambda d: c.get_manifest(dst.with_digest(d)), index)
         missing = [d for d in sorted(tree.blobs) if not c.blob_exists(dst, d)]
         checked["blobs"] = {"total": len(tree.blobs), "missing": [str(d) for d in missing]}
         problems += [f"blob {d} is missing" for d in missing]

@@ -125,16 +125,6 @@ class NoProgress:
         pass
 
 
-# ---------------------------------------------------------------------- trees
-Tree = Walked  # manifests in push order (children first) and the blobs they need
-
-
-def collect(fetch: Callable[[Digest], Manifest], manifest: Manifest, tree: Tree, seen: set[Digest]) -> None:
-    """Add ``manifest``, everything below it first, to ``tree`` (``archlift.oci.walk``: no recursion,
-    a bounded depth and number of manifests)."""
-    walk(fetch, manifest, seen, into=tree)
-
-
 def filter_platforms(index: Manifest, platforms: Sequence[str]) -> tuple[Manifest, tuple[str, ...]]:
     """The index with only ``platforms`` (and the attestations of those); the dropped platforms."""
     if not platforms or not index.is_index:
@@ -166,8 +156,8 @@ class Work:
     index: Manifest | None = None
     dropped: tuple[str, ...] = ()
     up_to_date: bool = False
-    tree: Tree = field(default_factory=Tree)  # the index and what it holds, when the target lacks it
-    extras: list[tuple[str, Tree]] = field(default_factory=list)  # tag ("" = by digest) -> tree, top last
+    tree: Walked = field(default_factory=Walked)  # the index and what it holds, when the target lacks it
+    extras: list[tuple[str, Walked]] = field(default_factory=list)  # tag ("" = by digest) -> tree, top last
     referrers: int = 0
     tags_to_move: list[str] = field(default_factory=list)
     sent: int = 0
@@ -317,26 +307,22 @@ class _Copy:
                 seen: set[Digest] = set()
                 if w.index is not source_index:
                     for d in w.index.descriptors():
-                        collect(fetch, fetch(d.digest), w.tree, seen)
+                        walk(fetch, fetch(d.digest), seen, into=w.tree)
                     w.tree.manifests.append(w.index)
                 else:
-                    collect(fetch, w.index, w.tree, seen)
+                    walk(fetch, w.index, seen, into=w.tree)
             subjects = {source_index.digest, w.index.digest} | {d.digest for d in w.index.descriptors()}
             index_digest = w.index.digest
         referrers, tagged = self.source.linked(image.source, subjects)
         for digest in referrers:
             w.referrers += 1
             if t.resolve(dst.with_digest(digest)) is None:
-                tree = Tree()
-                collect(fetch, fetch(digest), tree, set())
-                w.extras.append(("", tree))
+                w.extras.append(("", walk(fetch, fetch(digest))))
         for tag, digest in tagged:
             w.referrers += 1
             have = t.resolve(dst.with_tag(tag))
             if have is None or have.digest != digest:
-                tree = Tree()
-                collect(fetch, fetch(digest), tree, set())
-                w.extras.append((tag, tree))
+                w.extras.append((tag, walk(fetch, fetch(digest))))
         for tag in image.tags:
             have = tagged_at[tag] if tag in tagged_at else t.resolve(dst.with_tag(tag))
             if have is None or have.digest != index_digest:

@@ -31,9 +31,11 @@ from typing import Any
 from ..errors import ConfigError, RegistryError
 from ..oci import RegistryClient
 from ..oci.archive import ArchiveReader, ArchiveWriter
-from ..oci.copy import ImagePlan, Tree, collect, filter_platforms
+from ..oci.copy import ImagePlan, filter_platforms
 from ..oci.model import Descriptor, Manifest
 from ..oci.store import Linked, Opener, RegistryStore, Source
+from ..oci.walk import Walked
+from ..oci.walk import walk as walk_tree
 from ..refs import Digest, ImageRef, RefError
 
 BASE_PATH = "archlift/base.json"
@@ -130,28 +132,28 @@ def walk(
     }
 
 
-def _tree(source: Source, image: ImagePlan, platforms: Sequence[str], known: Mapping[Digest, Piece]) -> Tree:
+def _tree(source: Source, image: ImagePlan, platforms: Sequence[str], known: Mapping[Digest, Piece]) -> Walked:
     """One image's tree and the trees of what refers to it, as the copy walks them."""
     assert image.source.digest is not None
 
     def fetch(d: Digest) -> Manifest:
         return source.manifest(image.source, d)
 
-    tree, seen = Tree(), set(known)
+    tree, seen = Walked(), set(known)
     index = fetch(image.source.digest)
     kept, _ = filter_platforms(index, platforms)
     if kept is not index:  # a new index, over the kept children
         for d in kept.descriptors():
             if d.digest not in seen:
-                collect(fetch, fetch(d.digest), tree, seen)
+                walk_tree(fetch, fetch(d.digest), seen, into=tree)
         tree.manifests.append(kept)
     else:
-        collect(fetch, index, tree, seen)
+        walk_tree(fetch, index, seen, into=tree)
     subjects = {index.digest, kept.digest} | {d.digest for d in kept.descriptors()}
     referrers, tagged = source.linked(image.source, subjects)
     for digest in [*referrers, *(d for _, d in tagged)]:
         if digest not in seen:
-            collect(fetch, fetch(digest), tree, seen)
+            walk_tree(fetch, fetch(digest), seen, into=tree)
     return tree
 
 
@@ -328,7 +330,7 @@ class WithBase:
         *,
         origin: str,
         upload: str | None = None,
-        progress: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
         return self.archive.put_blob(repo, desc, opener, origin=origin, upload=upload, progress=progress)
 
