@@ -64,10 +64,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' registries (support/)
 from support.registry import LocalRegistry
@@ -76,6 +77,9 @@ from archlift.lock import ComponentRelease, ReleaseLock
 from archlift.oci import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from archlift.oci.model import ACCEPT_MANIFESTS
 from archlift.refs import Digest, ImageRef
+
+if TYPE_CHECKING:
+    import urllib3
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -229,6 +233,25 @@ def peers(lock: ReleaseLock, src: LocalRegistry, dst: LocalRegistry) -> dict[str
     }
 
 
+def monolithic_upload(
+    pool: urllib3.PoolManager,
+    reg: LocalRegistry,
+    repository: str,
+    digest: str,
+    body: bytes | Iterable[bytes],
+    size: int,
+) -> None:
+    """One blob into ``repository`` of ``reg``: POST opens the session, PUT ?digest= brings the whole
+    ``body`` (``size`` bytes), no check of any kind."""
+    r = pool.request("POST", f"{reg.url}/v2/{repository}/blobs/uploads/", body=b"")
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else reg.url + loc
+    sep = "&" if "?" in loc else "?"
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+    r = pool.request("PUT", f"{loc}{sep}digest={digest}", body=body, headers=headers)
+    assert r.status == 201, r.status
+
+
 def ceiling(
     reg: LocalRegistry,
     uploads: list[tuple[str, Digest]],
@@ -253,19 +276,13 @@ def ceiling(
 
     def up(item: tuple[str, Digest]) -> None:
         repository, d = item
-        data = blobs[d]
-        r = pool.request("POST", f"{reg.url}/v2/{repository}/blobs/uploads/", body=b"")
-        loc = r.headers["Location"]
-        loc = loc if loc.startswith("http") else reg.url + loc
-        sep = "&" if "?" in loc else "?"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+        size = len(blobs[d])
         if src is None:
-            r = pool.request("PUT", f"{loc}{sep}digest={d}", body=data, headers=headers)
+            monolithic_upload(pool, reg, repository, str(d), blobs[d], size)
         else:
             get = pool.request("GET", f"{src.url}/v2/{repo_of[d]}/blobs/{d}", preload_content=False)
-            r = pool.request("PUT", f"{loc}{sep}digest={d}", body=get.stream(1 << 20), headers=headers)
+            monolithic_upload(pool, reg, repository, str(d), get.stream(1 << 20), size)
             get.release_conn()
-        assert r.status == 201, r.status
 
     def all_up() -> None:
         with ThreadPoolExecutor(jobs) as ex:
@@ -308,10 +325,8 @@ def request_ceiling(
                     r = pool.request("POST", f"{target}/blobs/uploads/?mount={d}&from={repos[0]}", body=b"")
                     assert r.status == 201, ("mount", r.status)
                     continue
-                r = pool.request("POST", f"{target}/blobs/uploads/", body=b"")
-                loc = r.headers["Location"]
-                loc = loc if loc.startswith("http") else dst.url + loc
-                put(f"{loc}{'&' if '?' in loc else '?'}digest={d}", get(repo, "blobs", d), "application/octet-stream")
+                data = get(repo, "blobs", d)
+                monolithic_upload(pool, dst, repo, d, data, len(data))
             put(f"{target}/manifests/{child['digest']}", manifest, child["mediaType"])
         put(f"{target}/manifests/v1", index, OCI_INDEX)
 
@@ -323,8 +338,11 @@ def request_ceiling(
     return all_images
 
 
-def corpus_blobs(client: RegistryClient, lock: ReleaseLock) -> tuple[dict[Digest, bytes], list[tuple[str, Digest]]]:
-    """Every unique blob's bytes, and every image's blobs as (repository, digest), image by image."""
+def corpus_blobs(
+    client: RegistryClient, lock: ReleaseLock, *, bodies: bool = True
+) -> tuple[dict[Digest, bytes], list[tuple[str, Digest]]]:
+    """Every unique blob's bytes (none without ``bodies``), and every image's blobs as (repository,
+    digest), image by image."""
     blobs: dict[Digest, bytes] = {}
     per_image: list[tuple[str, Digest]] = []
     for c in lock.components.values():
@@ -332,7 +350,7 @@ def corpus_blobs(client: RegistryClient, lock: ReleaseLock) -> tuple[dict[Digest
         mine: set[Digest] = set()
         for dsc in client.get_manifest(repo.with_digest(c.index_digest)).descriptors():
             for b in client.get_manifest(repo.with_digest(dsc.digest)).descriptors():
-                if b.digest not in blobs:
+                if bodies and b.digest not in blobs:
                     blobs[b.digest] = client.get_blob(repo, b)
                 if b.digest not in mine:
                     mine.add(b.digest)
@@ -382,7 +400,7 @@ def run_corpus(
     lock_path = work / f"{corpus.prefix}-release.json"
     lock.write(lock_path)
     ceilings = [t for t in CEILINGS if t not in args.skip and (t == "request ceiling") != corpus.ceilings]
-    blobs, per_image = corpus_blobs(client, lock) if ceilings else ({}, [])
+    blobs, per_image = corpus_blobs(client, lock, bodies=corpus.ceilings) if ceilings else ({}, [])
     unique_uploads = [("ceiling", d) for d in sorted(blobs, key=lambda d: -len(blobs[d]))]
     uploads = {"upload ceiling": per_image, "unique ceiling": unique_uploads, "copy ceiling": unique_uploads}
     images_of: dict[Digest, set[str]] = {}
